@@ -1,0 +1,284 @@
+"""Linear algebra and shape ops. Each is linear, so its R-op comes from ``linear_in``.
+
+Shapes may hold ``None`` (the batch size) at axis 0; shape attributes keep it, and the program
+replaces it by the bound batch size when it specialises the kernels.
+"""
+import numpy as np
+
+from rgraph.errors import ShapeError, fmt_shape
+from rgraph.graph import FLOAT, Type
+from rgraph.op import Op, broadcast_shapes, register, require_float
+
+
+def _axes(axis, ndim, op):
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    out = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ShapeError(f"axis {a} is out of range for {ndim} dimensions")
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise ShapeError(f"repeated axis in {axes}")
+    return tuple(sorted(out))
+
+
+class MatMul(Op):
+    """C = op(A) op(B), op = transpose when the flag is set; 2-D operands (batch-major rows).
+
+    vjp: gA = g op(B)^T (transposed back if ta), gB = op(A)^T g (transposed back if tb).
+    """
+    name, kind, linear_in = "matmul", "gemm", (0, 1)
+
+    def infer(self, a, b, transpose_a=False, transpose_b=False):
+        require_float(self, a, b)
+        if a.ndim != 2 or b.ndim != 2:
+            raise ShapeError(f"matmul takes 2-D operands, got {fmt_shape(a.shape)} and {fmt_shape(b.shape)}")
+        (m, k1) = a.shape[::-1] if transpose_a else a.shape
+        (k2, n) = b.shape[::-1] if transpose_b else b.shape
+        if k1 != k2:
+            raise ShapeError(f"inner dimensions differ: {k1} vs {k2} (transpose_a={transpose_a}, transpose_b={transpose_b})")
+        return Type((m, n), FLOAT)
+
+    def forward(self, xp, a, b, transpose_a=False, transpose_b=False):
+        return xp.matmul(a.T if transpose_a else a, b.T if transpose_b else b)
+
+    # (ta, tb) -> rule for gA and gB, written with matmul itself: one line per case.
+    RULES = {
+        (False, False): (lambda a, b, g: matmul(g, b, transpose_b=True), lambda a, b, g: matmul(a, g, transpose_a=True)),
+        (False, True): (lambda a, b, g: matmul(g, b), lambda a, b, g: matmul(g, a, transpose_a=True)),
+        (True, False): (lambda a, b, g: matmul(b, g, transpose_b=True), lambda a, b, g: matmul(a, g)),
+        (True, True): (lambda a, b, g: matmul(b, g, transpose_a=True, transpose_b=True),
+                       lambda a, b, g: matmul(g, a, transpose_a=True, transpose_b=True)),
+    }
+
+    def vjp(self, node, g):
+        a, b = node.inputs
+        ga, gb = self.RULES[node.attrs.get("transpose_a", False), node.attrs.get("transpose_b", False)]
+        return [ga(a, b, g), gb(a, b, g)]
+
+    @staticmethod
+    def flops(node_shapes, attrs):
+        (a, b), out = node_shapes
+        k = a[0] if attrs.get("transpose_a") else a[1]
+        return 2 * out[0] * out[1] * k
+
+
+class Reshape(Op):
+    """Reshape (C order). ``None`` in the target keeps the batch axis; one -1 is inferred. vjp: reshape back."""
+    name, linear_in = "reshape", (0,)
+
+    def infer(self, x, shape):
+        shape = tuple(shape)
+        if None in shape[1:] or bool(shape and shape[0] is None) != bool(x.ndim and x.shape[0] is None):
+            raise ShapeError(f"reshape to {fmt_shape(shape)}: the batch axis (None) must stay axis 0")
+        known = [d for d in shape if d not in (None, -1)]
+        size = int(np.prod([d for d in x.shape if d is not None]))
+        if shape.count(-1) > 1:
+            raise ShapeError(f"reshape to {fmt_shape(shape)}: at most one -1")
+        if -1 in shape:
+            if size % max(int(np.prod(known)), 1):
+                raise ShapeError(f"cannot reshape {fmt_shape(x.shape)} to {fmt_shape(shape)}")
+            shape = tuple(size // max(int(np.prod(known)), 1) if d == -1 else d for d in shape)
+        elif int(np.prod(known)) != size:
+            raise ShapeError(f"cannot reshape {fmt_shape(x.shape)} to {fmt_shape(shape)}")
+        return Type(shape, x.dtype)
+
+    def forward(self, xp, x, shape):
+        return xp.reshape(x, shape)
+
+    def vjp(self, node, g):
+        return [reshape(g, node.inputs[0].shape)]
+
+
+class Transpose(Op):
+    """Permute axes (reversed by default). vjp: the inverse permutation."""
+    name, linear_in = "transpose", (0,)
+
+    def infer(self, x, axes=None):
+        axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(axes)
+        if sorted(axes) != list(range(x.ndim)):
+            raise ShapeError(f"axes {axes} are not a permutation of {x.ndim} dimensions")
+        return Type(tuple(x.shape[a] for a in axes), x.dtype)
+
+    def forward(self, xp, x, axes=None):
+        return xp.transpose(x, axes)
+
+    def vjp(self, node, g):
+        axes = node.attrs.get("axes") or tuple(reversed(range(g.ndim)))
+        return [transpose(g, tuple(np.argsort(axes)))]
+
+
+class BroadcastTo(Op):
+    """Broadcast to ``shape`` (NumPy rules). vjp: g itself; the sweep sums it back to x's shape."""
+    name, linear_in = "broadcast_to", (0,)
+
+    def infer(self, x, shape):
+        shape = tuple(shape)
+        if broadcast_shapes(x.shape, shape) != shape:
+            raise ShapeError(f"cannot broadcast {fmt_shape(x.shape)} to {fmt_shape(shape)}")
+        return Type(shape, x.dtype)
+
+    def forward(self, xp, x, shape):
+        return xp.broadcast_to(x, shape)
+
+    def vjp(self, node, g):
+        return [g]
+
+
+class Sum(Op):
+    """Sum over axes. vjp: g broadcast back over the summed axes."""
+    name, linear_in = "sum", (0,)
+
+    def infer(self, x, axis=None, keepdims=False):
+        require_float(self, x)
+        axes = _axes(axis, x.ndim, self)
+        shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if keepdims else \
+            tuple(d for i, d in enumerate(x.shape) if i not in axes)
+        return Type(shape, x.dtype)
+
+    def forward(self, xp, x, axis=None, keepdims=False):
+        return xp.sum(x, axis=axis, keepdims=keepdims)
+
+    def vjp(self, node, g):
+        x = node.inputs[0]
+        axes = _axes(node.attrs.get("axis"), x.ndim, self)
+        kept = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+        return [broadcast_to(reshape(g, kept), x.shape)]
+
+
+class Count(Op):
+    """The number of elements of ``shape`` along ``axes``, as a float scalar (the batch size is known only
+    at bind time, so a mean divides by this node rather than by a constant)."""
+    name = "count"
+
+    def infer(self, shape, axes, dtype=FLOAT):
+        return Type((), FLOAT)
+
+    def forward(self, xp, shape, axes, dtype=FLOAT):
+        return xp.asarray(np.prod([shape[a] for a in axes]), dtype=dtype)
+
+    def vjp(self, node, g):
+        return []
+
+
+class StopGradient(Op):
+    """Identity whose derivatives are zero: marks auxiliary values (a max used only for stability)."""
+    name, nondiff = "stop_gradient", (0,)
+
+    def infer(self, x):
+        return x
+
+    def forward(self, xp, x):
+        return x
+
+    def vjp(self, node, g):
+        return [None]
+
+    def rop(self, node, tangents):
+        return None
+
+
+class Max(Op):
+    """Maximum over axes. No derivative rules: use it under stop_gradient, or through a gather."""
+    name = "amax"
+
+    def infer(self, x, axis=None, keepdims=False):
+        return Sum.infer(self, x, axis, keepdims)
+
+    def forward(self, xp, x, axis=None, keepdims=False):
+        return xp.max(x, axis=axis, keepdims=keepdims)
+
+
+class OneHot(Op):
+    """Integer labels (N,) -> float one-hot rows (N, num_classes); labels outside [0, num_classes) are an error."""
+    name, nondiff = "onehot", (0,)
+
+    def infer(self, labels, num_classes, dtype=FLOAT):
+        if labels.dtype != "int64" or labels.ndim != 1:
+            raise ShapeError(f"expects 1-D int64 labels, got {labels}")
+        return Type((labels.shape[0], int(num_classes)), FLOAT)
+
+    def forward(self, xp, labels, num_classes, dtype=FLOAT):
+        bad = (labels < 0) | (labels >= num_classes)
+        if bool(bad.any()):
+            raise ValueError(f"labels must lie in [0, {num_classes}); found {int(labels[bad][0])}")
+        return (labels[:, None] == xp.arange(num_classes)[None, :]).astype(dtype)
+
+    def vjp(self, node, g):
+        return [None]
+
+
+matmul_op, reshape_op, transpose_op = register(MatMul()), register(Reshape()), register(Transpose())
+broadcast_op, sum_op, count_op = register(BroadcastTo()), register(Sum()), register(Count())
+stop_gradient, amax_op, onehot_op = register(StopGradient()), register(Max()), register(OneHot())
+
+
+def matmul(a, b, transpose_a=False, transpose_b=False):
+    """op(a) @ op(b) for 2-D a, b (one GEMM)."""
+    return matmul_op(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
+
+
+def reshape(x, shape):
+    return reshape_op(x, shape=tuple(shape))
+
+
+def transpose(x, axes=None):
+    return transpose_op(x, axes=None if axes is None else tuple(int(a) for a in axes))
+
+
+def broadcast_to(x, shape):
+    return broadcast_op(x, shape=tuple(shape))
+
+
+def sum(x, axis=None, keepdims=False):  # noqa: A001 - mirrors numpy.sum
+    axis = axis if axis is None or isinstance(axis, int) else tuple(axis)
+    return sum_op(x, axis=axis, keepdims=keepdims)
+
+
+def count(shape, axis=None):
+    """Number of elements of ``shape`` along ``axis`` (all axes by default), known at bind time."""
+    axes = _axes(axis, len(shape), count_op)
+    return count_op(shape=tuple(shape), axes=axes, dtype=FLOAT)
+
+
+def mean(x, axis=None, keepdims=False):
+    """sum(x, axis) / count: the count is a node, since the batch size is fixed only at bind time."""
+    from rgraph.graph import Value
+    axes = _axes(axis, x.ndim, sum_op) if isinstance(x, Value) else axis
+    return sum(x, axes, keepdims) / count(x.shape, axes)
+
+
+def amax(x, axis=None, keepdims=False):
+    axis = axis if axis is None or isinstance(axis, int) else tuple(axis)
+    return amax_op(x, axis=axis, keepdims=keepdims)
+
+
+def onehot(labels, num_classes):
+    return onehot_op(labels, num_classes=int(num_classes), dtype=FLOAT)
+
+
+def dense(x, W, b=None):
+    """x @ W + b: one GEMM and a broadcast add (a composition, so every rule is derived)."""
+    y = matmul(x, W)
+    return y if b is None else y + b
+
+
+def logsumexp(x, axis=-1, keepdims=False):
+    """log sum exp(x) along ``axis``, stably: m + log sum exp(x - m) with m = stop_gradient(max x)."""
+    m = stop_gradient(amax(x, axis=axis, keepdims=True))
+    out = sum(exp(x - m), axis=axis, keepdims=True)
+    out = log(out) + m
+    if keepdims:
+        return out
+    axes = _axes(axis, x.ndim, sum_op)
+    return reshape(out, tuple(d for i, d in enumerate(x.shape) if i not in axes))
+
+
+def softmax(x, axis=-1):
+    """exp(x - logsumexp(x)): never overflows."""
+    return exp(x - logsumexp(x, axis=axis, keepdims=True))
+
+
+from .elementwise import exp, log  # noqa: E402  (the composites above use them)

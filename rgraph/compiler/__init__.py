@@ -1,0 +1,52 @@
+"""``rg.compile``: a list of named graph-to-graph stages, run in order.
+
+    derive -> simplify -> cse -> stage -> lower
+
+Each stage takes and returns a ``Module`` (the entry points as symbolic outputs, plus what later stages
+add), so ``compile(g, until="cse")`` returns the module after any stage for inspection and drawing.
+"""
+from __future__ import annotations
+
+from ..autodiff import derive
+from .module import Module
+from .passes import cse, simplify, stage
+
+ENTRIES = ("loss", "output", "grad", "jv", "jtu", "gv", "hv")
+
+
+def _derive(module: Module) -> Module:
+    passes = derive(module.graph, transposed=module.options.get("transposed_rop", False))
+    module.passes = passes
+    module.entries = {name: list(passes.outputs[name]) for name in ENTRIES}
+    return module
+
+
+STAGES = [("derive", _derive), ("simplify", simplify), ("cse", cse), ("stage", stage)]
+STAGE_NAMES = [name for name, _ in STAGES] + ["lower"]
+
+
+def compile(graph, backend: str = "numpy", dtype: str = "float64", *, until: str | None = None,
+            transposed_rop: bool = False):
+    """Compile a graph's derived passes into a ``Program`` (or, with ``until``, the module after that stage).
+
+        >>> import rgraph as rg
+        >>> prog = rg.compile(rg.nn.mlp([4, 8, 3]), dtype="float64")
+        >>> prog.size
+        67
+
+    ``backend``: "numpy", "cupy" or "auto" (CuPy when a GPU is usable). ``dtype``: "float32" or
+    "float64". ``transposed_rop`` derives every R-op through two VJPs (for checking hand R-ops).
+    """
+    from ..backends import get_backend
+    from ..program import Program
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if until is not None and until not in STAGE_NAMES:
+        raise ValueError(f"unknown stage {until!r}; stages are {STAGE_NAMES}")
+    module = Module(graph, options={"transposed_rop": transposed_rop})
+    for name, run in STAGES:
+        module = run(module)
+        module.history.append(name)
+        if name == until:
+            return module
+    return Program(module, get_backend(backend), dtype)

@@ -1,0 +1,261 @@
+"""Compiled programs and their bound states.
+
+A ``Program`` holds, per entry point, two flat instruction lists: the *batch stage* (depends only on
+parameters and batch; run once per ``bind`` and cached) and the *vector stage* (reads v or u; run per
+call). An instruction is ``(kernel, input slots, output slot, node)``; the runtime is a plain loop over
+them. Instruction lists are specialised per batch size, which makes the batch dimension concrete.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .errors import BindError, fmt_shape
+from .graph import CONST, COTANGENT, FLOAT, INITS, INPUT, PARAM, TANGENT
+
+ENTRIES = ("loss", "output", "grad", "jv", "jtu", "gv", "hv")
+SEEDED = {"jv": "v", "jtu": "u", "gv": "v", "hv": "v"}
+
+
+class Program:
+    """The compiled entry points of a graph: ``bind(theta, batch)`` returns a ``State``.
+
+    ``layout`` maps each parameter name to ``(offset, shape)`` in the flat parameter vector of length
+    ``size``; every vector over parameters (theta, grad, v, gv, hv) uses it.
+    """
+
+    def __init__(self, module, backend, dtype):
+        self.module, self.backend, self.graph = module, backend, module.graph
+        self.dtype, self.xp = np.dtype(dtype), backend.xp
+        self.l2 = self.graph.l2
+        passes = module.passes
+        self.params = passes.params
+        self.layout, offset = {}, 0
+        for p in self.params:
+            self.layout[p.name] = (offset, p.shape)
+            offset += int(np.prod(p.shape, dtype=np.int64))
+        self.size = offset
+        nodes = module.nodes()
+        self._slot = {n: i for i, n in enumerate(nodes)}
+        self._nodes = nodes
+        self._leaves = {kind: [n for n in nodes if n.op is kind] for kind in (INPUT, PARAM, CONST, TANGENT, COTANGENT)}
+        self._tangent_of = dict(zip(passes.v, self.params, strict=True))
+        self._plans = {}
+        for entry in ENTRIES:
+            needed = module.nodes([entry])
+            self._plans[entry] = ([n for n in needed if not n.is_leaf and n not in module.vector],
+                                  [n for n in needed if not n.is_leaf and n in module.vector])
+        self._lowered = {}
+
+    # --- parameters -----------------------------------------------------------------------------
+
+    def init_params(self, seed: int = 0):
+        """A fresh flat parameter vector, each parameter drawn by its ``init`` in declaration order."""
+        rng = np.random.default_rng(seed)
+        theta = np.empty(self.size, dtype=self.dtype)
+        for p in self.params:
+            init = p.attrs["init"]
+            value = np.asarray(init(rng, p.shape) if callable(init) else INITS[init](rng, p.shape))
+            if value.shape != p.shape:
+                raise ValueError(f"init of parameter {p.name!r} returned shape {value.shape}, expected {p.shape}")
+            off, _ = self.layout[p.name]
+            theta[off:off + value.size] = value.ravel()
+        return self.backend.asarray(theta)
+
+    def view(self, vec) -> dict:
+        """Named views (no copies) of a flat parameter-shaped vector: ``prog.view(theta)["fc0.W"]``."""
+        self._check_flat(vec, "vector")
+        return {name: vec[off:off + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+                for name, (off, shape) in self.layout.items()}
+
+    # --- binding ----------------------------------------------------------------------------------
+
+    def bind(self, theta, batch: dict) -> "State":
+        """Run the forward pass and loss on ``batch`` at ``theta``; the rest is computed on demand."""
+        self._check_flat(theta, "theta")
+        if not bool(self.xp.isfinite(theta).all()):
+            raise BindError("theta holds non-finite values")
+        n = self._batch_size(batch)
+        vals = [None] * len(self._nodes)
+        for name, p in zip(self.layout, self.params):
+            off, shape = self.layout[name]
+            vals[self._slot[p]] = theta[off:off + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+        for x in self._leaves[INPUT]:
+            vals[self._slot[x]] = self._check_input(x, batch[x.name], n)
+        for c in self._leaves[CONST]:
+            vals[self._slot[c]] = self.backend.asarray(c.attrs["value"], self._concrete_dtype(c.dtype))
+        return State(self, theta, vals, n)
+
+    def _batch_size(self, batch):
+        if not isinstance(batch, dict):
+            raise BindError(f"the batch must be a dict of arrays keyed by input name, got {type(batch).__name__}")
+        names = {x.name for x in self._leaves[INPUT]}
+        missing, unknown = sorted(names - set(batch)), sorted(set(batch) - set(self.graph.inputs))
+        if missing or unknown:
+            raise BindError(f"graph {self.graph.name!r}: batch is missing inputs {missing}" if missing
+                            else f"graph {self.graph.name!r}: batch has unknown inputs {unknown}; inputs are {sorted(self.graph.inputs)}")
+        sizes = {name: np.shape(batch[name])[0] for name in names if np.ndim(batch[name]) > 0}
+        if len(set(sizes.values())) > 1:
+            raise BindError(f"inputs disagree on the batch size: {sizes}")
+        n = next(iter(sizes.values()), None)
+        if n is None or n < 1:
+            raise BindError(f"the batch is empty (sizes {sizes})")
+        return n
+
+    def _check_input(self, x, a, n):
+        if not self.backend.is_array(a):
+            raise BindError(f"input {x.name!r}: expected a {self.backend.name} array, got {type(a).__name__}")
+        expected = tuple(n if d is None else d for d in x.shape)
+        if a.shape != expected:
+            raise BindError(f"input {x.name!r}: expected shape {fmt_shape(x.shape)} = {expected} for batch size {n}, "
+                            f"got {a.shape}")
+        if x.dtype == FLOAT:
+            if a.dtype != self.dtype:
+                raise BindError(f"input {x.name!r}: dtype {a.dtype} does not match the program's {self.dtype} "
+                                f"(convert it explicitly, e.g. x.astype('{self.dtype}'))")
+            if not bool(self.xp.isfinite(a).all()):
+                raise BindError(f"input {x.name!r} holds non-finite values")
+            return a
+        if a.dtype.kind not in "iu":
+            raise BindError(f"input {x.name!r}: expected integer {x.dtype} values, got dtype {a.dtype}")
+        return a.astype(np.int64, copy=False)
+
+    def _check_flat(self, vec, what):
+        if not self.backend.is_array(vec) or vec.ndim != 1 or vec.shape[0] != self.size:
+            raise BindError(f"{what}: expected a flat {self.backend.name} array of length {self.size}, "
+                            f"got {type(vec).__name__} of shape {getattr(vec, 'shape', None)}")
+        if vec.dtype != self.dtype:
+            raise BindError(f"{what}: dtype {vec.dtype} does not match the program's {self.dtype}")
+
+    def _concrete_dtype(self, dtype):
+        return self.dtype if dtype == FLOAT else np.dtype(dtype)
+
+    # --- lowering ---------------------------------------------------------------------------------
+
+    def instructions(self, entry: str, n: int):
+        """The (batch, vector) instruction lists of ``entry`` for batch size ``n``."""
+        if n not in self._lowered:
+            self._lowered[n] = {e: tuple([self._lower(node, n) for node in nodes] for nodes in self._plans[e])
+                                for e in ENTRIES}
+        return self._lowered[n][entry]
+
+    def _lower(self, node, n):
+        attrs = {}
+        for k, v in node.attrs.items():
+            if k == "shape":
+                v = tuple(n if d is None else d for d in v)
+            elif k == "dtype" and v == FLOAT:
+                v = self.dtype
+            attrs[k] = v
+        kernel = functools.partial(self.backend.kernel(node.op), self.xp, **attrs)
+        return kernel, tuple(self._slot[i] for i in node.inputs), self._slot[node], node
+
+    def __repr__(self):
+        return f"<Program {self.graph.name}: {self.size} parameters, {self.dtype}, {self.backend.name}>"
+
+
+def _run(instrs, vals, n, skip_done=False):
+    """The runtime: call each kernel on its slots (batch-stage lists skip values already cached)."""
+    node = None
+    try:
+        for kernel, ins, out, node in instrs:
+            if skip_done and vals[out] is not None:
+                continue
+            vals[out] = kernel(*[vals[i] for i in ins])
+    except Exception as e:
+        shapes = ", ".join(f"{i.label} {fmt_shape(getattr(vals[k], 'shape', ()))}"
+                           for i, k in zip(node.inputs, [x for x in instrs if x[3] is node][0][1]))
+        raise BindError(f"op {node.op.name!r} failed at node {node.label} ({node.tag} pass, batch size {n}) "
+                        f"on [{shapes}]: {e}") from e
+
+
+class State:
+    """A program bound to parameters and a batch. Batch-stage values are computed once and cached;
+    ``jv``/``jtu``/``gv``/``hv`` run only their vector stage per call."""
+
+    def __init__(self, prog, theta, vals, n):
+        self.prog, self.theta, self._vals, self.batch_size = prog, theta, vals, n
+        self._cache = {}
+        self._batch("loss")
+        self._batch("output")
+
+    def _batch(self, entry):
+        batch, _ = self.prog.instructions(entry, self.batch_size)
+        _run(batch, self._vals, self.batch_size, skip_done=True)
+
+    def _value(self, node):
+        return None if node is None else self._vals[self.prog._slot[node]]
+
+    @property
+    def loss(self) -> float:
+        """mean data loss + (l2/2) |theta|^2."""
+        if "loss" not in self._cache:
+            data = float(self._value(self.prog.module.entries["loss"][0]))
+            self._cache["loss"] = data + 0.5 * self.prog.l2 * float(self.theta @ self.theta)
+        return self._cache["loss"]
+
+    @property
+    def output(self):
+        """The network output z (batch-major)."""
+        return self._value(self.prog.module.entries["output"][0])
+
+    @property
+    def grad(self):
+        """Gradient of the objective, flat: sum of cotangents + l2 theta."""
+        if "grad" not in self._cache:
+            self._batch("grad")
+            self._cache["grad"] = self._flat("grad", self.prog.l2, self.theta)
+        return self._cache["grad"]
+
+    def jv(self, v):
+        """J v: the directional derivative of the output z along v (shape of z)."""
+        self._call("jv", v)
+        (out,) = self.prog.module.entries["jv"]
+        z = self.output
+        return self.prog.xp.zeros_like(z) if out is None else self._value(out).copy()
+
+    def jtu(self, u):
+        """J^T u for a cotangent u shaped like z (no 1/N, no l2)."""
+        self._call("jtu", u)
+        return self._flat("jtu", 0.0, None)
+
+    def gv(self, v):
+        """Gauss-Newton product: G v = l2 v + (1/N) sum_i J_i^T B_i J_i v."""
+        self._call("gv", v)
+        return self._flat("gv", self.prog.l2, v)
+
+    def hv(self, v):
+        """Exact Hessian of the objective times v (forward over reverse)."""
+        self._call("hv", v)
+        return self._flat("hv", self.prog.l2, v)
+
+    def _call(self, entry, seed):
+        prog = self.prog
+        if SEEDED[entry] == "v":
+            prog._check_flat(seed, "v")
+            for t, p in prog._tangent_of.items():
+                if t in prog._slot:
+                    off, shape = prog.layout[p.name]
+                    self._vals[prog._slot[t]] = seed[off:off + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+        else:
+            z = self.output
+            if not prog.backend.is_array(seed) or seed.shape != z.shape or seed.dtype != prog.dtype:
+                raise BindError(f"u: expected a {prog.dtype} array shaped like the output {z.shape}, got "
+                                f"{getattr(seed, 'dtype', type(seed).__name__)} {getattr(seed, 'shape', '')}")
+            for u in prog._leaves[COTANGENT]:
+                self._vals[prog._slot[u]] = seed
+        batch, vector = prog.instructions(entry, self.batch_size)
+        _run(batch, self._vals, self.batch_size, skip_done=True)
+        _run(vector, self._vals, self.batch_size)
+
+    def _flat(self, entry, l2, base):
+        prog = self.prog
+        out = prog.xp.zeros(prog.size, dtype=prog.dtype)
+        for p, node in zip(prog.params, prog.module.entries[entry], strict=True):
+            if node is not None:
+                off, shape = prog.layout[p.name]
+                out[off:off + int(np.prod(shape, dtype=np.int64))] = self._value(node).reshape(-1)
+        if l2 and base is not None:
+            out += l2 * base
+        return out
