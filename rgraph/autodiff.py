@@ -184,4 +184,41 @@ def derive(graph, *, transposed=False) -> Passes:
         with tagging("gn"):
             P.outputs["gv"] = vjp_sweep([z], [bjv], params, pass_name="gv")
     P.outputs["hv"] = rop_sweep(P.outputs["grad"], seeds, pass_name="hv", transposed=transposed)
+    P.layers = gemm_layers(graph)
+    with tagging("backward"):
+        cts = vjp_sweep([z], [u], [layer.output for layer in P.layers], pass_name="taps")
+    P.outputs["taps"] = [layer.input for layer in P.layers] + cts
     return P
+
+
+@dataclass(frozen=True)
+class GemmLayer:
+    """A layer KFAC can precondition: a GEMM ``output = input @ op(W)`` with W (a reshape of) a parameter.
+
+    ``input`` is the layer input (dense: the activations; conv: the im2col patches), ``output`` the
+    GEMM result, whose cotangent is the pre-activation cotangent; ``bias`` is the parameter named like
+    the weight with ``.b`` for ``.W``, if there is one.
+    """
+    weight: str
+    bias: str | None
+    input: Value
+    output: Value
+
+
+def gemm_layers(graph) -> list[GemmLayer]:
+    """Every GEMM of the forward graph with a parameter operand, in graph order."""
+    from rgraph import ops
+    layers = []
+    for node in topo_order([graph.z]):
+        if node.op.kind != "gemm":
+            continue
+        for k, operand in enumerate(node.inputs):
+            base = operand
+            while base.op in (ops.linalg.reshape_op, ops.linalg.transpose_op):
+                base = base.inputs[0]
+            if base.op is PARAM:
+                stem = base.name[:-2] if base.name.endswith(".W") else None
+                bias = f"{stem}.b" if stem and f"{stem}.b" in graph.params else None
+                layers.append(GemmLayer(base.name, bias, node.inputs[1 - k], node))
+                break
+    return layers

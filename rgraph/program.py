@@ -11,11 +11,11 @@ import functools
 
 import numpy as np
 
+from .compiler import ENTRIES
 from .errors import BindError, fmt_shape
 from .graph import CONST, COTANGENT, FLOAT, INITS, INPUT, PARAM, TANGENT
 
-ENTRIES = ("loss", "output", "grad", "jv", "jtu", "gv", "hv")
-SEEDED = {"jv": "v", "jtu": "u", "gv": "v", "hv": "v"}
+SEEDED = {"jv": "v", "jtu": "u", "gv": "v", "hv": "v", "taps": "u"}
 
 
 class Program:
@@ -151,6 +151,28 @@ class Program:
         kernel = functools.partial(self.backend.kernel(node.op), self.xp, **attrs)
         return kernel, tuple(self._slot[i] for i in node.inputs), self._slot[node], node
 
+    # --- looking at it --------------------------------------------------------------------------
+
+    def cost(self, entry: str, batch_size: int = 128) -> dict:
+        """GEMMs, FLOPs, bytes and peak memory of ``entry``'s batch and vector stages (see compiler.cost)."""
+        from .compiler.cost import cost
+        return cost(self, entry, batch_size)
+
+    def text(self, entry: str) -> str:
+        """A readable listing of ``entry``, one line per instruction (see viz.text)."""
+        from .viz import text
+        return text(self, entry)
+
+    def show(self, entry: str, path: str, **options):
+        """Draw ``entry`` with graphviz to ``path`` (SVG, PNG or PDF by suffix; see viz.show)."""
+        from .viz import show
+        return show(self, entry, path, **options)
+
+    @property
+    def layers(self):
+        """The GEMM layers KFAC preconditions (see autodiff.gemm_layers)."""
+        return self.module.passes.layers
+
     def __repr__(self):
         return f"<Program {self.graph.name}: {self.size} parameters, {self.dtype}, {self.backend.name}>"
 
@@ -229,6 +251,24 @@ class State:
         """Exact Hessian of the objective times v (forward over reverse)."""
         self._call("hv", v)
         return self._flat("hv", self.prog.l2, v)
+
+    def taps(self, u) -> dict:
+        """Layer inputs and pre-activation cotangents for an output cotangent u (per sample: no 1/N).
+
+        Returns {weight name: (a, g)}: dense layers a (N, in), g (N, out); convolutions (GEMMs over
+        N*P rows of im2col patches) a (N, P, in), g (N, P, out).
+        """
+        self._call("taps", u)
+        layers, outs, n = self.prog.layers, self.prog.module.entries["taps"], self.batch_size
+        result = {}
+        for layer, a_node, g_node in zip(layers, outs[:len(layers)], outs[len(layers):], strict=True):
+            a = self._value(a_node)
+            g = self.prog.xp.zeros(tuple(n if d is None else d for d in layer.output.shape), self.prog.dtype) \
+                if g_node is None else self._value(g_node)
+            if a.shape[0] != n:
+                a, g = a.reshape(n, -1, a.shape[-1]), g.reshape(n, -1, g.shape[-1])
+            result[layer.weight] = (a, g)
+        return result
 
     def _call(self, entry, seed):
         prog = self.prog

@@ -11,7 +11,7 @@ from ..autodiff import derive
 from .module import Module
 from .passes import cse, simplify, stage
 
-ENTRIES = ("loss", "output", "grad", "jv", "jtu", "gv", "hv")
+ENTRIES = ("loss", "output", "grad", "jv", "jtu", "gv", "hv", "taps")
 
 
 def _derive(module: Module) -> Module:

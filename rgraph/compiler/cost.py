@@ -1,0 +1,96 @@
+"""The cost model: what one call of an entry's batch and vector stages costs, counted on the program.
+
+* ``gemms``: GEMM instructions (ops of kind "gemm"; a convolution counts as its one im2col GEMM).
+* ``flops``: 2mnk per GEMM; per elementwise kernel, one per scalar operation per element; one per
+  output element for everything else (reductions, reshapes, gathers).
+* ``bytes``: bytes read plus written by the stage's kernels.
+* ``peak_bytes``: the most memory live at once while the stage runs, from liveness over the
+  instruction order: leaves (parameters, batch, seeds) and cached batch values the stage reads are
+  resident; a temporary lives from its kernel until its last reader.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _concrete(shape, n):
+    return tuple(n if d is None else d for d in shape)
+
+
+def _size(node, n):
+    return int(np.prod(_concrete(node.shape, n), dtype=np.int64))
+
+
+def _itemsize(node, dtype):
+    return dtype.itemsize if node.type.is_float else (8 if node.dtype == "int64" else 1)
+
+
+def _expr_ops(expression):
+    seen, stack = set(), [expression]
+    while stack:
+        e = stack.pop()
+        if e not in seen and e.op not in ("var", "const"):
+            seen.add(e)
+            stack.extend(e.args)
+    return len(seen)
+
+
+def node_flops(node, n) -> int:
+    op = node.op
+    if hasattr(op, "flops"):
+        return int(op.flops(([_concrete(i.shape, n) for i in node.inputs], _concrete(node.shape, n)), node.attrs))
+    if op.kind == "elementwise":
+        return _size(node, n) * max(1, _expr_ops(op.expr))
+    return _size(node, n)
+
+
+def stage_cost(nodes, reads_after, n, dtype) -> dict:
+    """Cost of running ``nodes`` in order; ``reads_after`` are values still needed once the stage ends."""
+    nbytes = {}
+
+    def b(v):
+        if v not in nbytes:
+            nbytes[v] = _size(v, n) * _itemsize(v, dtype)
+        return nbytes[v]
+    produced = set(nodes)
+    last_use = {}
+    for k, node in enumerate(nodes):
+        for i in node.inputs:
+            last_use[i] = k
+    resident = {i for node in nodes for i in node.inputs if i not in produced}
+    live = sum(b(v) for v in resident)
+    peak = live
+    total_bytes = 0
+    for k, node in enumerate(nodes):
+        live += b(node)
+        peak = max(peak, live)
+        total_bytes += b(node) + sum(b(i) for i in node.inputs)
+        for i in set(node.inputs):
+            if last_use.get(i) == k and i in produced and i not in reads_after:
+                live -= b(i)
+        if node not in last_use and node not in reads_after:
+            live -= b(node)
+    return {"gemms": sum(1 for x in nodes if x.op.kind == "gemm"),
+            "flops": sum(node_flops(x, n) for x in nodes),
+            "bytes": int(total_bytes), "peak_bytes": int(peak)}
+
+
+def cost(prog, entry: str, batch_size: int) -> dict:
+    """``{"batch": {...}, "vector": {...}, "ratio_to_grad": float}`` for one call of ``entry``.
+
+    ``ratio_to_grad``: FLOPs of the entry's vector stage (of the whole entry where it has none) over the
+    FLOPs of one gradient (forward and backward).
+    """
+    if entry not in prog._plans:
+        raise ValueError(f"unknown entry {entry!r}; entries are {sorted(prog._plans)}")
+    n = int(batch_size)
+    batch, vector = prog._plans[entry]
+    outputs = {v for v in prog.module.entries[entry] if v is not None}
+    vector_reads = {i for node in vector for i in node.inputs}
+    out = {"batch": stage_cost(batch, outputs | vector_reads, n, prog.dtype),
+           "vector": stage_cost(vector, outputs, n, prog.dtype)}
+    grad_batch, _ = prog._plans["grad"]
+    grad_flops = sum(node_flops(x, n) for x in grad_batch)
+    mine = out["vector"]["flops"] if vector else out["batch"]["flops"]
+    out["ratio_to_grad"] = mine / grad_flops if grad_flops else float("nan")
+    return out
