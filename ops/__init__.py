@@ -4,3 +4,6 @@ from .elementwise import (ACTIVATIONS, add, div, exp, greater, greater_equal, le
 from .linalg import (amax, broadcast_to, count, dense, logsumexp, matmul, mean, onehot, reshape, softmax,
                      stop_gradient, sum, transpose)
 from .loss import LOSSES, mse, softmax_cross_entropy
+from rgraph.op import REGISTRY as _REGISTRY
+
+CORE_OPS = tuple(_REGISTRY)  # the elementwise, linalg and loss families (tests require a checker case for each)
