@@ -28,7 +28,7 @@ import numpy as np
 
 from . import expr as ex
 from .errors import RuleError, ShapeError, fmt_shape
-from .graph import COTANGENT, FLOAT, Type, Value, constant, leaf
+from .graph import COTANGENT, FLOAT, Type, Value, constant, leaf, topo_order
 
 REGISTRY: dict[str, "Op"] = {}
 
@@ -117,7 +117,7 @@ class Op:
         if not outs:
             return None
         (jv,) = vjp_sweep(outs, seeds, [w], pass_name="rop of " + self.name)
-        if jv is not None and w in _ancestors(jv):
+        if jv is not None and w in topo_order([jv]):
             raise RuleError(f"op {self.name!r}: its vjp is not linear in the cotangent, so no rop can be derived")
         return jv
 
@@ -137,16 +137,6 @@ def _freeze(v):
     if isinstance(v, dict):
         return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
     return v
-
-
-def _ancestors(v):
-    seen, stack = set(), [v]
-    while stack:
-        n = stack.pop()
-        if n not in seen:
-            seen.add(n)
-            stack.extend(n.inputs)
-    return seen
 
 
 def add_all(terms):
