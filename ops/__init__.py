@@ -7,3 +7,7 @@ from .loss import LOSSES, mse, softmax_cross_entropy
 from rgraph.op import REGISTRY as _REGISTRY
 
 CORE_OPS = tuple(_REGISTRY)  # the elementwise, linalg and loss families (tests require a checker case for each)
+
+from .conv import conv2d, conv2d_input_grad, conv2d_weight_grad, im2col, windows, windows_adjoint  # noqa: E402
+from .norm import batchnorm, batchnorm1d, rsqrt  # noqa: E402
+from .pool import argmax, avgpool2d, flatten, gather, global_avgpool, maxpool2d, scatter  # noqa: E402

@@ -25,7 +25,11 @@ def _axes(axis, ndim, op):
 
 
 class MatMul(Op):
-    """C = op(A) op(B), op = transpose when the flag is set; 2-D operands (batch-major rows).
+    """C = op(A) op(B), one GEMM. Leading axes of an operand index its rows (a (N, P, K) operand is an
+    (N*P, K) matrix), so a convolution's patches keep their batch axis:
+
+        (ta, tb) = (F, F): A(..., K) B(K, O) -> (..., O)      (F, T): A(..., K) B(O, K)^T -> (..., O)
+                   (T, F): A(..., K)^T B(..., O) -> (K, O)    (T, T): 2-D only
 
     vjp: gA = g op(B)^T (transposed back if ta), gB = op(A)^T g (transposed back if tb).
     """
@@ -33,18 +37,32 @@ class MatMul(Op):
 
     def infer(self, a, b, transpose_a=False, transpose_b=False):
         require_float(self, a, b)
-        if a.ndim != 2 or b.ndim != 2:
-            raise ShapeError(f"matmul takes 2-D operands, got {fmt_shape(a.shape)} and {fmt_shape(b.shape)}")
-        (m, k1) = a.shape[::-1] if transpose_a else a.shape
-        (k2, n) = b.shape[::-1] if transpose_b else b.shape
+        if a.ndim < 2 or b.ndim < 2 or (transpose_a and transpose_b and (a.ndim, b.ndim) != (2, 2)):
+            raise ShapeError(f"matmul takes matrices (leading axes index rows), got {fmt_shape(a.shape)} and {fmt_shape(b.shape)}")
+        if transpose_a:
+            if not transpose_b and a.shape[:-1] != b.shape[:-1]:
+                raise ShapeError(f"row axes differ: {fmt_shape(a.shape[:-1])} vs {fmt_shape(b.shape[:-1])}")
+            k1, rows = (a.shape[0] if transpose_b else a.shape[:-1]), (a.shape[-1],)
+        else:
+            k1, rows = a.shape[-1], a.shape[:-1]
+        if transpose_b:
+            if b.ndim != 2:
+                raise ShapeError(f"a transposed right operand must be 2-D, got {fmt_shape(b.shape)}")
+            k2, n = b.shape[1], b.shape[0]
+        else:
+            if not transpose_a and b.ndim != 2:
+                raise ShapeError(f"the right operand must be 2-D, got {fmt_shape(b.shape)}")
+            k2, n = (b.shape[:-1] if transpose_a else b.shape[0]), b.shape[-1]
         if k1 != k2:
             raise ShapeError(f"inner dimensions differ: {k1} vs {k2} (transpose_a={transpose_a}, transpose_b={transpose_b})")
-        return Type((m, n), FLOAT)
+        return Type(rows + (n,), FLOAT)
 
     def forward(self, xp, a, b, transpose_a=False, transpose_b=False):
-        return xp.matmul(a.T if transpose_a else a, b.T if transpose_b else b)
+        a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+        out = (a2.T if transpose_a else a2) @ (b2.T if transpose_b else b2)
+        return out if transpose_a or a.ndim == 2 else out.reshape(a.shape[:-1] + (out.shape[-1],))
 
-    # (ta, tb) -> rule for gA and gB, written with matmul itself: one line per case.
+    # (ta, tb) -> rules for gA and gB, written with matmul itself: one line per case.
     RULES = {
         (False, False): (lambda a, b, g: matmul(g, b, transpose_b=True), lambda a, b, g: matmul(a, g, transpose_a=True)),
         (False, True): (lambda a, b, g: matmul(g, b), lambda a, b, g: matmul(g, a, transpose_a=True)),
@@ -59,10 +77,11 @@ class MatMul(Op):
         return [ga(a, b, g), gb(a, b, g)]
 
     @staticmethod
-    def flops(node_shapes, attrs):
-        (a, b), out = node_shapes
-        k = a[0] if attrs.get("transpose_a") else a[1]
-        return 2 * out[0] * out[1] * k
+    def flops(shapes, attrs):
+        """2 m n k: the contracted length is the last axis of A, or its rows when A is transposed."""
+        (a, b), out = shapes
+        k = int(np.prod(a[:-1])) if attrs.get("transpose_a") else a[-1]
+        return 2 * int(np.prod(out)) * k
 
 
 class Reshape(Op):

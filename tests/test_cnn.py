@@ -1,0 +1,218 @@
+"""Convolutional networks: conv2d, pooling, batch norm, the layer helpers and the VGG zoo."""
+import numpy as np
+import pytest
+
+import rgraph as rg
+from rgraph import nn, ops
+from rgraph.graph import PARAM, leaf
+
+rng = np.random.default_rng(0)
+
+
+def distinct(*shape):
+    """Values without near-ties, so max pooling's finite differences are valid."""
+    return rng.permutation(int(np.prod(shape))).reshape(shape) / 7.0 - 1.0
+
+
+CONV_CASES = [  # (x shape, W shape, stride, padding, bias)
+    ((2, 2, 5, 5), (3, 2, 3, 3), 1, 0, True),
+    ((2, 2, 5, 5), (3, 2, 3, 3), 1, 1, False),
+    ((1, 3, 7, 6), (2, 3, 3, 2), 2, 1, True),
+    ((2, 1, 5, 7), (2, 1, 1, 1), 1, 2, True),
+    ((1, 2, 6, 5), (2, 2, 5, 5), 2, 2, False),
+    ((1, 2, 5, 5), (2, 2, 2, 3), (2, 1), ((1, 0), (0, 2)), True),
+]
+
+
+@pytest.mark.parametrize("xs, ws, stride, padding, bias", CONV_CASES)
+def test_conv2d_rules(xs, ws, stride, padding, bias):
+    if bias:
+        report = rg.check_op(lambda x, W, b: ops.conv2d(x, W, b, stride, padding), xs, ws, (ws[0],))
+    else:
+        report = rg.check_op(lambda x, W: ops.conv2d(x, W, None, stride, padding), xs, ws)
+    assert report.ok, str(report)
+
+
+def _conv_reference(x, W, b, stride, padding):
+    (sh, sw), ((pt, pb), (pl, pr)) = stride, padding
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    n, c, h, w = xp.shape
+    o, _, kh, kw = W.shape
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    out = np.zeros((n, o, ho, wo))
+    for i in range(ho):
+        for j in range(wo):
+            patch = xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
+            out[:, :, i, j] = np.einsum("nchw,ochw->no", patch, W) + b
+    return out
+
+
+@pytest.mark.parametrize("xs, ws, stride, padding, bias", CONV_CASES)
+def test_conv2d_forward_matches_a_loop_reference(xs, ws, stride, padding, bias):
+    from rgraph.ops.conv import pair, padding_pairs
+    x, W, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    X, Wv, bv = leaf(PARAM, "x", xs), leaf(PARAM, "W", ws), leaf(PARAM, "b", (ws[0],))
+    out = rg.evaluate(ops.conv2d(X, Wv, bv, stride, padding), {X: x, Wv: W, bv: b})
+    np.testing.assert_allclose(out, _conv_reference(x, W, b, pair(stride, "s"), padding_pairs(padding)), rtol=1e-12, atol=1e-12)
+
+
+def test_conv_adjoints_and_windows_rules():
+    assert rg.check_op(lambda g, W: ops.conv2d_input_grad(g, W, (2, 5, 5), stride=2, padding=1), (2, 3, 3, 3), (3, 2, 3, 3)).ok
+    assert rg.check_op(lambda x, g: ops.conv2d_weight_grad(x, g, 3, stride=2, padding=1), (2, 2, 5, 5), (2, 3, 3, 3)).ok
+    assert rg.check_op(lambda x: ops.im2col(x, 3, 2, 1), (2, 2, 5, 4)).ok
+    assert rg.check_op(lambda x: ops.windows(x, (2, 2), (1, 2), ((1, 0), (0, 1))), (1, 2, 4, 5)).ok
+    assert rg.check_op(lambda g: ops.windows_adjoint(g, (2, 4, 5), (2, 2), (1, 2), ((1, 0), (0, 1))), (1, 2, 4, 3, 2, 2)).ok
+
+
+def test_conv_adjoints_are_the_transposes_of_conv2d():
+    """<conv(x, W), g> = <x, conv_input_grad(g, W)> = <W, conv_weight_grad(x, g)>."""
+    x, W, g = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal((2, 4, 3, 3))
+    X, Wv, G = leaf(PARAM, "x", x.shape), leaf(PARAM, "W", W.shape), leaf(PARAM, "g", g.shape)
+    feed = {X: x, Wv: W, G: g}
+    y = rg.evaluate(ops.conv2d(X, Wv, stride=2, padding=1), feed)
+    gx = rg.evaluate(ops.conv2d_input_grad(G, Wv, (3, 6, 5), stride=2, padding=1), feed)
+    gw = rg.evaluate(ops.conv2d_weight_grad(X, G, 3, stride=2, padding=1), feed)
+    assert np.sum(y * g) == pytest.approx(np.sum(x * gx), rel=1e-12)
+    assert np.sum(y * g) == pytest.approx(np.sum(W * gw), rel=1e-12)
+
+
+POOL_CASES = [(2, None, 0), (3, 1, 1), (3, 2, 1), (2, 1, 0), ((3, 2), (2, 1), (1, 0))]
+
+
+@pytest.mark.parametrize("kernel, stride, padding", POOL_CASES)
+def test_pooling_rules(kernel, stride, padding):
+    assert rg.check_op(lambda x: ops.maxpool2d(x, kernel, stride, padding), distinct(2, 2, 5, 5)).ok
+    assert rg.check_op(lambda x: ops.avgpool2d(x, kernel, stride, padding), (2, 2, 5, 5)).ok
+
+
+def _pool_reference(x, kernel, stride, padding, reduce):
+    from rgraph.ops.conv import pair, padding_pairs
+    (kh, kw), ((pt, pb), (pl, pr)) = pair(kernel, "k"), padding_pairs(padding)
+    sh, sw = pair(stride if stride is not None else kernel, "s")
+    fill = -np.inf if reduce == "max" else 0.0
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=fill)
+    ho, wo = (xp.shape[2] - kh) // sh + 1, (xp.shape[3] - kw) // sw + 1
+    out, arg = np.zeros(x.shape[:2] + (ho, wo)), np.zeros(x.shape[:2] + (ho, wo), int)
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            for i in range(ho):
+                for j in range(wo):
+                    win = xp[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw].ravel()
+                    out[n, c, i, j] = win.max() if reduce == "max" else win.mean()
+                    arg[n, c, i, j] = int(np.argmax(win))
+    return out, arg
+
+
+@pytest.mark.parametrize("kernel, stride, padding", POOL_CASES)
+def test_pooling_matches_a_loop_reference_including_argmax(kernel, stride, padding):
+    x = rng.integers(0, 4, (2, 3, 6, 5)).astype(float)  # many ties: the first maximum must win
+    X = leaf(PARAM, "x", x.shape)
+    out_max = rg.evaluate(ops.maxpool2d(X, kernel, stride, padding), {X: x})
+    ref_max, ref_arg = _pool_reference(x, kernel, stride, padding, "max")
+    np.testing.assert_array_equal(out_max, ref_max)
+    pooled = ops.maxpool2d(X, kernel, stride, padding)
+    idx = rg.evaluate(pooled.inputs[1], {X: x})  # gather(windows, argmax(windows))
+    np.testing.assert_array_equal(idx, ref_arg)
+    out_avg = rg.evaluate(ops.avgpool2d(X, kernel, stride, padding), {X: x})
+    np.testing.assert_allclose(out_avg, _pool_reference(x, kernel, stride, padding, "avg")[0], rtol=1e-14)
+
+
+def test_maxpool_tangent_is_taken_at_the_argmax_of_the_input():
+    """R{maxpool}(x; t) = t at argmax x, not the max of t."""
+    x = np.array([[[[1.0, 3.0], [2.0, 0.0]]]])
+    t = np.array([[[[10.0, -1.0], [20.0, 30.0]]]])
+    X = leaf(PARAM, "x", x.shape)
+    (r,) = rg.autodiff.rop_sweep([ops.maxpool2d(X, 2)], {X: rg.graph.constant(t)})
+    assert rg.evaluate(r, {X: x}).item() == -1.0
+
+
+def test_batchnorm_and_small_op_rules():
+    assert rg.check_op(lambda x, g, b: ops.batchnorm(x, g, b), (3, 2, 2, 2), (2,), (2,)).ok
+    assert rg.check_op(lambda x, g, b: ops.batchnorm1d(x, g, b), (4, 3), (3,), (3,)).ok
+    assert rg.check_op(ops.global_avgpool, (2, 3, 2, 2)).ok
+    assert rg.check_op(ops.flatten, (2, 3, 2, 2)).ok
+    assert rg.check_op(ops.rsqrt, np.abs(rng.standard_normal((3, 2))) + 0.5).ok
+
+
+def test_batchnorm_normalises_per_channel():
+    x = rng.standard_normal((5, 3, 4, 4)) * 3 + 2
+    X, G, B = leaf(PARAM, "x", x.shape), leaf(PARAM, "g", (3,)), leaf(PARAM, "b", (3,))
+    y = rg.evaluate(ops.batchnorm(X, G, B), {X: x, G: np.ones(3), B: np.zeros(3)})
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-12)
+    np.testing.assert_allclose(y.var(axis=(0, 2, 3)), 1, rtol=1e-4)
+
+
+def _small(layers, shape=(2, 5, 5), classes=3, l2=1e-3):
+    return nn.Sequential(layers + [nn.Flatten(), nn.Dense(classes)], shape, classes, l2=l2)
+
+
+CNNS = {
+    "conv-swish-maxpool-bn-avgpool": lambda: _small([
+        nn.Conv2d(2, 3, padding=1), nn.Activation("swish"), nn.MaxPool2d(2, 1), nn.BatchNorm2d(),
+        nn.AvgPool2d(2)]),
+    "residual": lambda: _small([
+        nn.Conv2d(2, 3, padding=1), nn.Activation("tanh"),
+        nn.Residual([nn.Conv2d(2, 3, padding=1), nn.Activation("swish")]), nn.AvgPool2d(2)]),
+    "stride-2": lambda: _small([nn.Conv2d(3, 3, stride=2, padding=1), nn.Activation("softplus"),
+                                nn.Conv2d(2, 2, stride=2), nn.Activation("sigmoid")], shape=(1, 7, 7)),
+    "global-pool": lambda: nn.Sequential([nn.Conv2d(3, 2), nn.Activation("swish"), nn.GlobalAvgPool(), nn.Dense(2)],
+                                         (2, 4, 4), 2, l2=0.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CNNS))
+def test_small_cnn_passes_match_dense_references(name):
+    g = CNNS[name]()
+    assert g.params and sum(int(np.prod(p.shape)) for p in g.params.values()) < 400
+    report = rg.check_graph(g, batch_size=3, seed=1)
+    assert report.ok, str(report)
+
+
+def test_vgg11_builds_with_the_architectures_parameter_count_and_runs_every_pass_in_float32():
+    g = nn.vgg("vgg11", input_shape=(3, 32, 32), num_classes=10)
+    convs = [(3, 64), (64, 128), (128, 256), (256, 256), (256, 512), (512, 512), (512, 512), (512, 512)]
+    expected = sum(o * i * 9 + o for i, o in convs) + 512 * 10 + 10
+    prog = rg.compile(g, dtype="float32")
+    assert prog.size == expected == 9_225_610
+    st = prog.bind(prog.init_params(0), {"x": rng.standard_normal((8, 3, 32, 32)).astype(np.float32),
+                                         "y": rng.integers(0, 10, 8)})
+    v = rng.standard_normal(prog.size).astype(np.float32)
+    assert np.isfinite(st.loss)
+    for out in (st.grad, st.gv(v), st.hv(v)):
+        assert out.shape == (prog.size,) and out.dtype == np.float32 and np.all(np.isfinite(out))
+    assert [layer.weight for layer in prog.layers] == [f"conv{i}.W" for i in range(1, 9)] + ["fc1.W"]
+
+
+@pytest.mark.parametrize("name, convs", [("vgg16", 13), ("vgg19", 16)])
+def test_vgg16_and_19_have_the_canonical_depth(name, convs):
+    g = nn.vgg(name, input_shape=(3, 32, 32), width=1 / 16)
+    assert sum(1 for p in g.params if p.endswith(".W")) == convs + 1
+    assert g.params["fc1.W"].shape == (32, 10)  # 512/16 channels at 1x1 after five poolings
+
+
+def test_vgg_adapts_to_other_input_sizes():
+    g = nn.vgg("vgg11", input_shape=(1, 8, 8), num_classes=4, width=1 / 32, batchnorm=True)
+    assert g.params["fc1.W"].shape == (16, 4)  # three poolings fit an 8x8 input
+    assert "bn1.gamma" in g.params
+
+
+def test_conv_initialisers_use_oihw_fans():
+    from rgraph.graph import fans
+    assert fans((8, 4, 3, 3)) == (36, 72)
+    g = nn.Sequential([nn.Conv2d(64, 3, padding=1), nn.Flatten(), nn.Dense(2)], (16, 8, 8), 2)
+    theta = rg.compile(g).init_params(0)
+    W = rg.compile(g).view(theta)["conv1.W"]
+    assert W.std() == pytest.approx(np.sqrt(2 / (16 * 9)), rel=0.05)
+
+
+def test_bad_shapes_name_the_layer_and_shapes():
+    with pytest.raises(rg.ShapeError, match=r"layer conv2 \(Conv2d\) on input float\(N, 2, 3, 3\): kernel 5x5 is larger than the padded input 3x3"):
+        nn.Sequential([nn.Conv2d(2, 3), nn.Conv2d(2, 5), nn.Flatten(), nn.Dense(2)], (1, 5, 5), 2)
+    with pytest.raises(rg.ShapeError, match=r"layer conv1 \(Conv2d\).*expects 3 input channels, got 1"):
+        nn.Sequential([nn.Conv2d(2, 3, in_channels=3), nn.Flatten(), nn.Dense(2)], (1, 5, 5), 2)
+    with pytest.raises(rg.ShapeError, match=r"layer maxpool1 \(MaxPool2d\).*maxpool2d on input float\(N, 1, 3, 3\): kernel 4x4 is larger"):
+        nn.Sequential([nn.MaxPool2d(4), nn.Flatten(), nn.Dense(2)], (1, 3, 3), 2)
+    g = rg.Graph()
+    x, W = g.input("x", (None, 3, 5, 5)), g.param("W", (2, 4, 3, 3))
+    with pytest.raises(rg.ShapeError, match=r"input has 3 channels but the weights \(2, 4, 3, 3\) expect 4"):
+        ops.conv2d(x, W)
