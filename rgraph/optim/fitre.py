@@ -45,7 +45,20 @@ class FITRE(Optimizer):
         if s["curvature"] not in ("hessian", "gn"):
             raise ValueError(f"fitre: curvature must be 'hessian' or 'gn', got {s['curvature']!r}")
         self.radius = float(s["radius"])
-        self.precond = KFACPreconditioner(prog, damping=s["damping"], decay=s["decay"], T=s["T"], loss=s["loss"])
+        self._precond = None
+
+    @property
+    def precond(self):
+        """The KFAC preconditioner (built on first use; tests may put their own in its place)."""
+        if self._precond is None:
+            s = self.settings
+            self._precond = KFACPreconditioner(self.prog, damping=s["damping"], decay=s["decay"], T=s["T"],
+                                               loss=s["loss"])
+        return self._precond
+
+    @precond.setter
+    def precond(self, value):
+        self._precond = value
 
     def step(self, theta, batch):
         s = self.settings
