@@ -51,13 +51,24 @@ def _label(node):
     return node.op.name
 
 
-def to_dot(obj, entry=None, *, title=None):
-    """A ``graphviz.Digraph`` of a Graph's forward pass, or of one entry of a Program/Module."""
+LARGE = 200  # nodes; beyond this, shapes move from edge labels into node labels (dot lays out labelled
+             # edges slowly: VGG11's hv pass takes minutes with them, a second without)
+
+
+def to_dot(obj, entry=None, *, title=None, edge_shapes=None):
+    """A ``graphviz.Digraph`` of a Graph's forward pass, or of one entry of a Program/Module.
+
+    ``edge_shapes``: label edges with shapes (default: for graphs of at most 200 nodes; larger graphs
+    show each node's output shape in its label instead and bound the layout effort).
+    """
     import graphviz
     nodes, vector, outs = _nodes(obj, entry)
+    large = len(nodes) > LARGE
+    edge_shapes = not large if edge_shapes is None else edge_shapes
+    layout = {"nslimit": "2", "mclimit": "0.5"} if large else {}
     dot = graphviz.Digraph(name=(title or entry or "graph").replace(" ", "_"),
                            graph_attr={"rankdir": "TB", "fontname": "Helvetica", "label": title or entry or "",
-                                       "labelloc": "t"},
+                                       "labelloc": "t", **layout},
                            node_attr={"fontname": "Helvetica", "fontsize": "10"},
                            edge_attr={"fontname": "Helvetica", "fontsize": "8", "color": "#777777"})
     ids = {n: f"n{n.id}" for n in nodes}
@@ -67,7 +78,8 @@ def to_dot(obj, entry=None, *, title=None):
             graph.node(ids[node], _label(node), **LEAF_STYLES[node.op])
         else:
             colour = TAG_COLOURS.get(node.tag, "#999999")
-            graph.node(ids[node], _label(node), shape="ellipse", style="filled", fillcolor=colour,
+            label = _label(node) if edge_shapes else f"{_label(node)}\n{fmt_shape(node.shape)}"
+            graph.node(ids[node], label, shape="ellipse", style="filled", fillcolor=colour,
                        fontcolor="white", color=colour, tooltip=f"{node.label}: {node.type} [{node.tag}]",
                        **({"peripheries": "2"} if node in outs else {}))
 
@@ -86,7 +98,7 @@ def to_dot(obj, entry=None, *, title=None):
                 add(dot, n)
     for n in nodes:
         for i in n.inputs:
-            dot.edge(ids[i], ids[n], label=fmt_shape(i.shape))
+            dot.edge(ids[i], ids[n], **({"label": fmt_shape(i.shape)} if edge_shapes else {}))
     with dot.subgraph(name="cluster_legend") as legend:
         legend.attr(label="pass tags", style="rounded", color="#CCCCCC")
         present = [t for t in TAG_COLOURS if any(n.tag == t and not n.is_leaf for n in nodes)]
