@@ -21,8 +21,8 @@ class NumexprKernel:
         self.op, self.dtype = op, np.dtype(dtype)
         program, consts = numexpr_program(op)
         self.consts = {name: self.dtype.type(v) for name, v in consts.items()}
-        self.temps = [(n, s) for n, s in program if n.startswith("t")]
-        self.outs = [s for n, s in program if n.startswith("out")]
+        self.program = [(n, s, int(n[3:]) if n.startswith("out") else None) for n, s in program]
+        self.n_out = len(op.exprs)
         # an output whose expression reads an input of the full output shape can be written in place
         full = {p for p, t in zip(op.params, op.in_types, strict=True) if tuple(t.shape) == op.out_shape}
         from .. import expr as ex
@@ -32,17 +32,18 @@ class NumexprKernel:
     def __call__(self, xp, *arrays, shape=None, out=None):
         env = dict(zip(self.op.params, arrays, strict=True))
         env.update(self.consts)
-        for name, text in self.temps:
-            env[name] = numexpr.evaluate(text, local_dict=env)
-        results = []
-        for k, text in enumerate(self.outs):
+        results = [None] * self.n_out
+        for name, text, k in self.program:
+            if k is None:
+                env[name] = numexpr.evaluate(text, local_dict=env)
+                continue
             target = None if out is None else out[k]
             if self.full[k]:
                 r = numexpr.evaluate(text, local_dict=env, out=target, casting="unsafe")
             else:  # a constant or an expression over broadcast inputs only: broadcast it into place
                 r = self._broadcast(numexpr.evaluate(text, local_dict=env), shape, target)
-            results.append(r)
-        return results[0] if len(results) == 1 else tuple(results)
+            env[name] = results[k] = r
+        return results[0] if self.n_out == 1 else tuple(results)
 
     def _broadcast(self, r, shape, target):
         if target is None:

@@ -96,19 +96,33 @@ def _postorder(exprs):
     return order
 
 
-def statements(exprs, target, temps="shared"):
-    """The kernel body as ``[(name, text)]``: temporaries ``t0, t1, ...`` then outputs ``out0, ...``.
+def statements(exprs, target, temps="shared", names=None):
+    """The kernel body as ``[(name, text)]`` in evaluation order: temporaries ``t0, t1, ...`` and outputs
+    ``out0, ...``; an output another output reads is computed first and read by name, never twice.
 
     ``temps``: "shared" makes every subexpression used more than once a temporary (free in registers:
     CUDA); "transcendental" only those holding a transcendental (numexpr materialises temporaries as
-    arrays, so cheap shared terms are recomputed instead)."""
+    arrays, so cheap shared terms are recomputed instead). ``names`` may pre-name nodes (constants)."""
     exprs = [expand(e, target) for e in exprs]
-    names, body = {}, []
-    for k, node in enumerate(_temp_nodes(exprs, temps)):
-        body.append((f"t{k}", ex.render(node, target, names)))
-        names[node] = f"t{k}"
+    names = dict(names or {})
+    temp_nodes = set(_temp_nodes(exprs, temps))
+    out_index = {}
     for k, e in enumerate(exprs):
-        body.append((f"out{k}", ex.render(e, target, names)))
+        out_index.setdefault(e, k)
+    body, done = [], set()
+    for n in _postorder(exprs):
+        if n in out_index:
+            k = out_index[n]
+            body.append((f"out{k}", ex.render(n, target, names)))
+            names[n] = f"out{k}"
+            done.add(k)
+        elif n in temp_nodes:
+            tname = f"t{sum(1 for b, _ in body if b.startswith('t'))}"
+            body.append((tname, ex.render(n, target, names)))
+            names[n] = tname
+    for k, e in enumerate(exprs):  # bare variables, constants, and repeated outputs
+        if k not in done:
+            body.append((f"out{k}", ex.render(e, target, names)))
     return body
 
 
@@ -178,13 +192,7 @@ def numexpr_program(op):
         if e.op == "const" and e not in names:
             names[e] = f"c{len(names)}"
     consts = {name: c.value for c, name in names.items()}
-    prog = []
-    for k, node in enumerate(_temp_nodes(exprs, "transcendental")):
-        prog.append((f"t{k}", ex.render(node, "numexpr", names)))
-        names[node] = f"t{k}"
-    for i, e in enumerate(exprs):
-        prog.append((f"out{i}", ex.render(e, "numexpr", names)))
-    return prog, consts
+    return statements(exprs, "numexpr", "transcendental", names), consts
 
 
 def _temp_nodes(exprs, temps):
@@ -234,10 +242,9 @@ def cuda_source(op, dtype="float32") -> str:
              "    if (i >= n) return;",
              *loads]
     for name, text in body:
-        if name.startswith("t"):
-            lines.append(f"    const T {name} = {text};")
-        else:
-            lines.append(f"    {name}_[i] = (T)({text});")
+        lines.append(f"    const T {name} = {text};")
+        if name.startswith("out"):
+            lines.append(f"    {name}_[i] = {name};")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -333,19 +340,34 @@ def groups(module: Module) -> list[list[Value]]:
                     return False
                 stack.append(c)
         return True
+    entry_outputs = set(module.outputs())
+    shape_of = {}
+
+    def same_stage(a, b):
+        return (
+            (a in module.vector) == (b in module.vector) and
+            (need[a] <= need[b] or need[b] <= need[a] if a in module.vector else need[a] == need[b]))
     for n in nodes:
         if not _fusable(n):
             continue
         group = {n}
         group_of[n] = group
+        shape_of[id(group)] = n.shape
         for i in n.inputs:
             g = group_of.get(i)
-            if g is None or g is group or not all(compatible(m, n) for m in g):
+            if g is None or g is group:
                 continue
-            merged = group | g
+            if shape_of[id(g)] == shape_of[id(group)] and all(compatible(m, n) for m in g):
+                merged = group | g
+            elif (len(g) == 1 and same_stage(i, n) and i not in entry_outputs and _broadcasts(i.shape, n.shape)
+                  and all(c is n or c in group for c in consumers[i])):
+                merged = group | g  # a small producer read only here: recomputed per element, inlined
+            else:
+                continue
             if convex(merged):
                 for m in merged:
                     group_of[m] = merged
+                shape_of[id(merged)] = shape_of[id(group)]
                 group = merged
     seen, out = set(), []
     for n in nodes:
@@ -354,6 +376,12 @@ def groups(module: Module) -> list[list[Value]]:
             seen.add(id(g))
             out.append(sorted(g, key=lambda v: v.id))
     return out
+
+
+def _broadcasts(small, big):
+    if len(small) > len(big):
+        return False
+    return all(a == 1 or a == b for a, b in zip(small[::-1], big[::-1]))
 
 
 def fuse(module: Module) -> Module:
@@ -409,9 +437,11 @@ def fuse(module: Module) -> Module:
         inputs = [build(i) for i in ext]
         name = f"fused_{counter[0]}"
         counter[0] += 1
-        op = Fused(name, [composed[m] for m in outs], [pname[i] for i in ext], members[0].shape,
+        shape = outs[0].shape
+        assert all(m.shape == shape for m in outs), "a kernel's outputs share one shape"
+        op = Fused(name, [composed[m] for m in outs], [pname[i] for i in ext], shape,
                    [i.type for i in ext], [m.op.name for m in members])
-        k = Value(op, inputs, {"shape": members[0].shape}, Type(members[0].shape, FLOAT))
+        k = Value(op, inputs, {"shape": shape}, Type(shape, FLOAT))
         k.tag = outs[0].tag
         if len(outs) == 1:
             mapping[outs[0]] = k
