@@ -41,11 +41,11 @@ class Program:
         self._nodes = nodes
         self._leaves = {kind: [n for n in nodes if n.op is kind] for kind in (INPUT, PARAM, CONST, TANGENT, COTANGENT)}
         self._tangent_of = dict(zip(passes.v, self.params, strict=True))
-        self._plans = {}
-        for entry in ENTRIES:
-            needed = module.nodes([entry])
-            self._plans[entry] = ([n for n in needed if not n.is_leaf and n not in module.vector],
-                                  [n for n in needed if not n.is_leaf and n in module.vector])
+        # entry -> (batch nodes, vector nodes) in scheduled order (compiler.schedule); viz and cost read it
+        self._plans = dict(module.plans) if module.plans else {
+            e: ([n for n in module.nodes([e]) if not n.is_leaf and n not in module.vector],
+                [n for n in module.nodes([e]) if not n.is_leaf and n in module.vector]) for e in ENTRIES}
+        self._scratch = None
         self._lowered = {}
 
     # --- parameters -----------------------------------------------------------------------------
@@ -134,13 +134,43 @@ class Program:
     # --- lowering ---------------------------------------------------------------------------------
 
     def instructions(self, entry: str, n: int):
-        """The (batch, vector) instruction lists of ``entry`` for batch size ``n``."""
-        if n not in self._lowered:
-            self._lowered[n] = {e: tuple([self._lower(node, n) for node in nodes] for nodes in self._plans[e])
-                                for e in ENTRIES}
-        return self._lowered[n][entry]
+        """The (batch, vector) instruction lists of ``entry`` for batch size ``n``.
 
-    def _lower(self, node, n):
+        Vector-stage instructions write into buffers preallocated here for this batch size (reused
+        across nodes by liveness, see compiler.schedule.plan_buffers), so a steady-state product call
+        allocates nothing as large as an activation on the NumPy backend.
+        """
+        if n not in self._lowered:
+            self._lowered[n] = {e: self._lower_entry(e, n) for e in ENTRIES}
+        return self._lowered[n][entry][:2]
+
+    def buffers(self, entry: str, n: int):
+        """The vector-stage buffers of ``entry`` at batch size ``n`` (list of arrays)."""
+        self.instructions(entry, n)
+        return self._lowered[n][entry][2]
+
+    def _lower_entry(self, entry, n):
+        from .compiler.schedule import plan_buffers
+        batch_nodes, vector_nodes = self._plans[entry]
+        batch = [self._lower(node, n) for node in batch_nodes]
+        keep = [v for v in self.module.entries[entry] if v is not None]
+        backend = self.backend
+
+        def wants(node):
+            return backend.writes_out(node.op)
+        planned = [node for node in vector_nodes]
+        buffer_of, shapes = plan_buffers(planned, keep, n, self.dtype, lambda node: backend.in_place(node.op),
+                                         wants=wants)
+        arrays = [self.xp.empty(shape, dtype=np.dtype(dt)) for shape, dt in shapes]
+        def out_of(node):
+            b = buffer_of.get(node)
+            if b is None or node.op.name == "pick":
+                return None
+            return tuple(arrays[i] for i in b) if isinstance(b, tuple) else arrays[b]
+        vector = [self._lower(node, n, out_of(node)) for node in vector_nodes]
+        return batch, vector, arrays
+
+    def _lower(self, node, n, out=None):
         attrs = {}
         for k, v in node.attrs.items():
             if k == "shape":
@@ -148,7 +178,9 @@ class Program:
             elif k == "dtype" and v == FLOAT:
                 v = self.dtype
             attrs[k] = v
-        kernel = functools.partial(self.backend.kernel(node.op), self.xp, **attrs)
+        if out is not None:
+            attrs["out"] = (out,) if node.op.kind == "fused" and not isinstance(out, tuple) else out
+        kernel = functools.partial(self.backend.kernel(node.op, self.dtype), self.xp, **attrs)
         return kernel, tuple(self._slot[i] for i in node.inputs), self._slot[node], node
 
     # --- looking at it --------------------------------------------------------------------------
@@ -230,27 +262,33 @@ class State:
             self._cache["grad"] = self._flat("grad", self.prog.l2, self.theta)
         return self._cache["grad"]
 
-    def jv(self, v):
-        """J v: the directional derivative of the output z along v (shape of z)."""
+    def jv(self, v, out=None):
+        """J v: the directional derivative of the output z along v (shape of z); written into ``out`` if given."""
         self._call("jv", v)
-        (out,) = self.prog.module.entries["jv"]
-        z = self.output
-        return self.prog.xp.zeros_like(z) if out is None else self._value(out).copy()
+        (node,) = self.prog.module.entries["jv"]
+        xp, z = self.prog.xp, self.output
+        if out is None:
+            return xp.zeros_like(z) if node is None else self._value(node).copy()
+        if node is None:
+            out[...] = 0
+        else:
+            xp.copyto(out, self._value(node))
+        return out
 
-    def jtu(self, u):
-        """J^T u for a cotangent u shaped like z (no 1/N, no l2)."""
+    def jtu(self, u, out=None):
+        """J^T u for a cotangent u shaped like z (no 1/N, no l2); flat, into ``out`` if given."""
         self._call("jtu", u)
-        return self._flat("jtu", 0.0, None)
+        return self._flat("jtu", 0.0, None, out)
 
-    def gv(self, v):
-        """Gauss-Newton product: G v = l2 v + (1/N) sum_i J_i^T B_i J_i v."""
+    def gv(self, v, out=None):
+        """Gauss-Newton product: G v = l2 v + (1/N) sum_i J_i^T B_i J_i v (into ``out`` if given)."""
         self._call("gv", v)
-        return self._flat("gv", self.prog.l2, v)
+        return self._flat("gv", self.prog.l2, v, out)
 
-    def hv(self, v):
-        """Exact Hessian of the objective times v (forward over reverse)."""
+    def hv(self, v, out=None):
+        """Exact Hessian of the objective times v (forward over reverse; into ``out`` if given)."""
         self._call("hv", v)
-        return self._flat("hv", self.prog.l2, v)
+        return self._flat("hv", self.prog.l2, v, out)
 
     def taps(self, u) -> dict:
         """Layer inputs and pre-activation cotangents for an output cotangent u (per sample: no 1/N).
@@ -264,7 +302,7 @@ class State:
         for layer, a_node, g_node in zip(layers, outs[:len(layers)], outs[len(layers):], strict=True):
             a = self._value(a_node)
             g = self.prog.xp.zeros(tuple(n if d is None else d for d in layer.output.shape), self.prog.dtype) \
-                if g_node is None else self._value(g_node)
+                if g_node is None else self._value(g_node).copy()  # vector-stage buffers are reused by the next call
             if a.shape[0] != n:
                 a, g = a.reshape(n, -1, a.shape[-1]), g.reshape(n, -1, g.shape[-1])
             result[layer.weight] = (a, g)
@@ -289,13 +327,22 @@ class State:
         _run(batch, self._vals, self.batch_size, skip_done=True)
         _run(vector, self._vals, self.batch_size)
 
-    def _flat(self, entry, l2, base):
+    def _flat(self, entry, l2, base, out=None):
         prog = self.prog
-        out = prog.xp.zeros(prog.size, dtype=prog.dtype)
+        if out is None:
+            out = prog.xp.empty(prog.size, dtype=prog.dtype)
+        else:
+            prog._check_flat(out, "out")
         for p, node in zip(prog.params, prog.module.entries[entry], strict=True):
-            if node is not None:
-                off, shape = prog.layout[p.name]
-                out[off:off + int(np.prod(shape, dtype=np.int64))] = self._value(node).reshape(-1)
+            off, shape = prog.layout[p.name]
+            part = out[off:off + int(np.prod(shape, dtype=np.int64))]
+            if node is None:
+                part[...] = 0
+            else:
+                part[...] = self._value(node).reshape(-1)
         if l2 and base is not None:
-            out += l2 * base
+            if prog._scratch is None:
+                prog._scratch = prog.xp.empty(prog.size, dtype=prog.dtype)
+            prog.xp.multiply(base, l2, out=prog._scratch)
+            out += prog._scratch
         return out

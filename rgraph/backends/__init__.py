@@ -1,4 +1,9 @@
-"""Backends: an array namespace plus a table of kernels that override an op's reference kernel."""
+"""Backends: an array namespace, a table of kernels that override an op's reference kernel, and a
+compiler for fused elementwise kernels (numexpr on the CPU, generated CUDA C on the GPU).
+
+A kernel has the op's ``forward`` signature ``kernel(xp, *arrays, **attrs)``; kernels listed in
+``out_kernels`` also take ``out=`` (the runtime passes a preallocated buffer in the vector stage).
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -6,13 +11,35 @@ import numpy as np
 
 class Backend:
     """``xp`` is the array namespace (NumPy or CuPy); ``kernels`` maps op names to faster kernels with the
-    op's ``forward`` signature. Everything else runs the op's own kernel against ``xp``."""
+    op's ``forward`` signature; ``out_kernels`` those that also write into ``out=``; ``fused(op, dtype)``
+    compiles a fused elementwise kernel. Everything else runs the op's own kernel against ``xp``."""
 
-    def __init__(self, name, xp, kernels=None):
+    def __init__(self, name, xp, kernels=None, out_kernels=None, fused=None):
         self.name, self.xp, self.kernels = name, xp, dict(kernels or {})
+        self.out_kernels = dict(out_kernels or {})
+        self._fused_compiler = fused
+        self._fused_cache = {}
 
-    def kernel(self, op):
-        return self.kernels.get(op.name, op.forward)
+    def kernel(self, op, dtype=None):
+        if op.kind == "fused":
+            key = (id(op), str(dtype))
+            if key not in self._fused_cache:
+                self._fused_cache[key] = (op, self._fused_compiler(op, np.dtype(dtype or "float64"))
+                                          if self._fused_compiler else op.forward)
+            return self._fused_cache[key][1]
+        return self.out_kernels.get(op.name) or self.kernels.get(op.name, op.forward)
+
+    def writes_out(self, op) -> bool:
+        """Whether ``op``'s kernel here writes into a given ``out=`` buffer."""
+        if op.kind == "fused":
+            return True
+        return op.name in self.out_kernels
+
+    def in_place(self, op) -> bool:
+        """Whether ``op``'s kernel may write over one of its (same-shaped) inputs: a one-output fused
+        kernel without temporaries reads each element before it writes it."""
+        from ..compiler.fuse import statements
+        return op.kind == "fused" and len(op.exprs) == 1 and len(statements(op.exprs, "numexpr", "transcendental")) == 1
 
     def asarray(self, a, dtype=None):
         return self.xp.asarray(a, dtype=dtype)
@@ -25,6 +52,18 @@ class Backend:
 
     def __repr__(self):
         return f"<backend {self.name}>"
+
+
+def matmul_out(xp, a, b, transpose_a=False, transpose_b=False, out=None):
+    """One GEMM (BLAS / cuBLAS), into ``out`` when given."""
+    return xp.matmul(a.T if transpose_a else a, b.T if transpose_b else b, out=out)
+
+
+def sum_out(xp, x, axis=None, keepdims=False, out=None):
+    return xp.sum(x, axis=axis, keepdims=keepdims, out=out)
+
+
+OUT_KERNELS = {"matmul": matmul_out, "sum": sum_out}
 
 
 def cupy_usable() -> bool:
@@ -46,6 +85,7 @@ def get_backend(name: str) -> Backend:
     if name == "cupy":
         if not cupy_usable():
             raise RuntimeError("backend 'cupy' needs CuPy and a usable CUDA device (pip install 'rgraph[gpu]')")
-        from .cupy import BACKEND
-        return BACKEND
+        from .cupy import make_backend
+        import cupy
+        return make_backend(cupy)
     raise ValueError(f"unknown backend {name!r}; use 'numpy', 'cupy' or 'auto'")

@@ -1,15 +1,16 @@
 """``rg.compile``: a list of named graph-to-graph stages, run in order.
 
-    derive -> simplify -> cse -> stage -> lower
+    derive -> simplify -> cse -> dce -> stage -> hoist -> fuse -> schedule -> lower
 
-Each stage takes and returns a ``Module`` (the entry points as symbolic outputs, plus what later stages
-add), so ``compile(g, until="cse")`` returns the module after any stage for inspection and drawing.
+Each stage takes and returns a ``Module`` (the entry points as symbolic outputs, plus what the stage
+adds), so ``compile(g, until="fuse")`` returns the module after any stage for inspection and drawing.
+``lower`` makes the ``Program`` (flat instruction lists per entry and batch size).
 """
 from __future__ import annotations
 
 from ..autodiff import derive
 from .module import Module
-from .passes import cse, simplify, stage
+from .passes import cse, dce, hoist, simplify, stage
 
 ENTRIES = ("loss", "output", "grad", "jv", "jtu", "gv", "hv", "taps")
 
@@ -21,12 +22,27 @@ def _derive(module: Module) -> Module:
     return module
 
 
-STAGES = [("derive", _derive), ("simplify", simplify), ("cse", cse), ("stage", stage)]
+def _fuse(module: Module) -> Module:
+    from .fuse import fuse
+    return fuse(module) if module.options.get("fuse", True) else module
+
+
+def _schedule(module: Module) -> Module:
+    from .schedule import schedule
+    return schedule(module)
+
+
+def _hoist(module: Module) -> Module:
+    return hoist(module) if module.options.get("fuse", True) else module
+
+
+STAGES = [("derive", _derive), ("simplify", simplify), ("cse", cse), ("dce", dce), ("stage", stage),
+          ("hoist", _hoist), ("fuse", _fuse), ("schedule", _schedule)]
 STAGE_NAMES = [name for name, _ in STAGES] + ["lower"]
 
 
 def compile(graph, backend: str = "numpy", dtype: str = "float64", *, until: str | None = None,
-            transposed_rop: bool = False):
+            transposed_rop: bool = False, fuse: bool = True):
     """Compile a graph's derived passes into a ``Program`` (or, with ``until``, the module after that stage).
 
         >>> import rgraph as rg
@@ -36,6 +52,7 @@ def compile(graph, backend: str = "numpy", dtype: str = "float64", *, until: str
 
     ``backend``: "numpy", "cupy" or "auto" (CuPy when a GPU is usable). ``dtype``: "float32" or
     "float64". ``transposed_rop`` derives every R-op through two VJPs (for checking hand R-ops).
+    ``fuse=False`` skips hoisting and fusion (every op runs its own kernel: the reference program).
     """
     from ..backends import get_backend
     from ..program import Program
@@ -43,10 +60,12 @@ def compile(graph, backend: str = "numpy", dtype: str = "float64", *, until: str
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     if until is not None and until not in STAGE_NAMES:
         raise ValueError(f"unknown stage {until!r}; stages are {STAGE_NAMES}")
-    module = Module(graph, options={"transposed_rop": transposed_rop})
+    module = Module(graph, options={"transposed_rop": transposed_rop, "fuse": fuse})
     for name, run in STAGES:
         module = run(module)
         module.history.append(name)
         if name == until:
             return module
-    return Program(module, get_backend(backend), dtype)
+    prog = Program(module, get_backend(backend), dtype)
+    module.history.append("lower")
+    return prog if until is None else module

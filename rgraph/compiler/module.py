@@ -20,6 +20,9 @@ class Module:
     entries: dict = field(default_factory=dict)
     vector: set = field(default_factory=set)
     history: list = field(default_factory=list)
+    plans: dict = field(default_factory=dict)     # entry -> (batch nodes, vector nodes), scheduled
+    live: set = field(default_factory=set)        # every node an entry needs (dce)
+    kernels: int = 0                              # fused kernels made (fuse)
 
     def outputs(self, names=None):
         names = self.entries if names is None else names

@@ -1,0 +1,157 @@
+"""Fusion: fused programs equal unfused ones, kernels sit between GEMMs, sigmoid is evaluated once."""
+import numpy as np
+import pytest
+
+import rgraph as rg
+from rgraph import expr as ex
+from rgraph.compiler.fuse import Fused
+
+from helpers_compiler import ENTRIES, batch_for, products, rel, small_cnn
+
+CASES = [([5, 7, 3], "swish", "softmax_cross_entropy"), ([4, 6, 5, 3], "tanh", "softmax_cross_entropy"),
+         ([6, 8, 8, 4], "softplus", "mse"), ([3, 5, 4, 4, 2], "sigmoid", "softmax_cross_entropy"),
+         ([5, 9, 3], "relu", "mse")]
+
+
+def graphs():
+    for sizes, act, loss in CASES:
+        yield f"mlp-{act}-{len(sizes) - 1}", rg.nn.mlp(sizes, activation=act, loss=loss, l2=1e-3)
+    yield "cnn", small_cnn()
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
+@pytest.mark.parametrize("name,g", list(graphs()), ids=[n for n, _ in graphs()])
+def test_fused_equals_unfused(name, g, dtype, tol):
+    batch = batch_for(g, 6, dtype=dtype)
+    fused = products(rg.compile(g, dtype=dtype), batch)
+    plain = products(rg.compile(g, dtype=dtype, fuse=False), batch)
+    for entry in ENTRIES:
+        assert fused[entry].dtype == np.dtype(dtype) or entry == "loss"
+        assert rel(fused[entry], plain[entry]) <= tol, entry
+
+
+def test_fused_program_passes_check_graph_reference():
+    g = rg.nn.mlp([4, 6, 3], activation="swish", l2=1e-2)
+    assert rg.check_graph(g).ok
+
+
+def test_every_float_elementwise_node_is_in_a_kernel():
+    prog = rg.compile(rg.nn.mlp([5, 7, 6, 3]))
+    for entry in ENTRIES:
+        for stage in prog._plans[entry]:
+            assert not [n for n in stage if n.op.kind == "elementwise" and n.dtype == "float"]
+
+
+def _segments(nodes):
+    """Runs of nodes between consecutive GEMMs."""
+    segs, cur = [], []
+    for n in nodes:
+        if n.op.kind == "gemm":
+            segs.append(cur)
+            cur = []
+        else:
+            cur.append(n)
+    return segs[1:]  # the nodes before the first GEMM are not between two GEMMs
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_gv_has_one_kernel_between_gemms(depth):
+    """At most one fused kernel between two consecutive GEMMs of gv's vector stage where no reduction
+    intervenes (every hidden layer). The softmax loss's R-op needs a row reduction; there a per-row
+    (N, 1) kernel that hv shares stays its own kernel, so that one segment may hold two per reduction."""
+    sizes = [6] + [8] * depth + [4]
+    prog = rg.compile(rg.nn.mlp(sizes, activation="swish"))
+    _, vector = prog._plans["gv"]
+    segs = _segments(vector)
+    assert segs
+    for seg in segs:
+        kernels = sum(n.op.kind == "fused" for n in seg)
+        reductions = sum(n.op.name == "sum" and n.shape[0] is None for n in seg)
+        assert kernels <= 1 + 2 * reductions, [n.op.name for n in seg]
+        if reductions == 0:
+            assert kernels <= 1, [n.op.name for n in seg]
+    # hidden layers: exactly the pattern GEMM, one kernel, GEMM
+    assert sum(1 for seg in segs if sum(n.op.kind == "fused" for n in seg) == 1) >= depth
+
+
+def _sigmoid_args(prog, entry):
+    args = []
+    for stage in prog._plans[entry]:
+        for n in stage:
+            if n.op.kind == "fused":
+                env = dict(zip(n.op.params, n.inputs, strict=True))
+                for sub in set().union(*[_subexprs(e) for e in n.op.exprs]):  # a kernel evaluates each once
+                    if True:
+                        if sub.op == "sigmoid":  # key: its argument over the kernel's input nodes
+                            names = {v: env[v].label for v in ex.variables(sub)}
+                            args.append(ex.render(ex.substitute(sub.args[0], {k: ex.var(x) for k, x in names.items()}),
+                                                  "numpy"))
+    return args
+
+
+def _subexprs(e):
+    seen, stack = set(), [e]
+    while stack:
+        x = stack.pop()
+        if x not in seen:
+            seen.add(x)
+            stack.extend(x.args)
+    return seen
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_cse_sigmoid_once_per_preactivation_in_hv(depth):
+    """The swish forward, its derivative (grad, J v, J^T u) and its second derivative (Hv) all read one
+    sigmoid(s) per pre-activation s: counted over every kernel of the hv program, both stages."""
+    prog = rg.compile(rg.nn.mlp([5] + [7] * depth + [3], activation="swish"))
+    args = _sigmoid_args(prog, "hv")
+    assert len(args) == depth
+    assert len(set(args)) == depth
+    # none in the vector stage: all v-independent work is in the batch stage, computed once per bind
+    assert not [n for n in prog._plans["hv"][1] if n.op.kind == "fused"
+                and any(s.op in ("sigmoid", "exp", "tanh", "log") for e in n.op.exprs for s in _subexprs(e))]
+    # and unfused, the same program evaluates it many times over
+    plain = rg.compile(rg.nn.mlp([5] + [7] * depth + [3], activation="swish"), fuse=False)
+    count = sum(1 for stage in plain._plans["hv"] for n in stage if n.op.kind == "elementwise"
+                for s in _subexprs(n.op.expr) if s.op == "sigmoid")
+    assert count > depth
+
+
+def test_fused_kernel_contract():
+    prog = rg.compile(rg.nn.mlp([5, 7, 3], activation="swish"))
+    kernels = [n for stage in prog._plans["hv"] for n in stage if n.op.kind == "fused"]
+    assert kernels
+    for k in kernels:
+        op = k.op
+        assert isinstance(op, Fused) and op.name.startswith("fused_")
+        assert all(isinstance(e, ex.Expr) for e in op.exprs) and len(op.params) == len(k.inputs)
+        for target in ("numpy", "numexpr", "cuda"):
+            assert isinstance(op.source(target), str)
+        assert f"void {op.name}(" in op.source("cuda")
+        # numexpr: no float literal anywhere (constants are typed variables c0, c1, ...)
+        body = "\n".join(line for line in op.source("numexpr").splitlines() if not line.startswith(("#", "c")))
+        assert not any(ch.isdigit() and prev in " (*+-/" for prev, ch in zip(body, body[1:]))
+
+
+def test_kernel_names_are_deterministic():
+    a = rg.compile(rg.nn.mlp([5, 7, 3]))
+    b = rg.compile(rg.nn.mlp([5, 7, 3]))
+    for entry in ENTRIES:
+        names = [[n.op.name for n in stage] for stage in a._plans[entry]]
+        assert names == [[n.op.name for n in stage] for stage in b._plans[entry]]
+        srcs = [n.op.source("cuda") for stage in a._plans[entry] for n in stage if n.op.kind == "fused"]
+        assert srcs == [n.op.source("cuda") for stage in b._plans[entry] for n in stage if n.op.kind == "fused"]
+
+
+def test_float32_kernels_stay_float32():
+    g = rg.nn.mlp([5, 7, 3], activation="swish")
+    prog = rg.compile(g, dtype="float32")
+    st = prog.bind(prog.init_params(), batch_for(g, 4, dtype="float32"))
+    v = np.ones(prog.size, np.float32)
+    st.gv(v)
+    for stage in prog.instructions("gv", 4):
+        for _, _, slot, node in stage:
+            val = st._vals[slot]
+            if node.op.kind == "fused":
+                for x in (val if isinstance(val, tuple) else (val,)):
+                    assert x.dtype == np.float32, node.op.source("numexpr")

@@ -1,0 +1,49 @@
+"""Memory: steady-state products allocate nothing as large as an activation; buffers are reused."""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import rgraph as rg
+
+from helpers_compiler import batch_for
+
+
+@pytest.mark.parametrize("entry", ["gv", "hv", "jv", "jtu"])
+def test_steady_state_product_allocates_no_activation(entry):
+    N, width = 256, 64
+    g = rg.nn.mlp([30, width, width, 10], activation="swish", l2=1e-3)
+    prog = rg.compile(g, dtype="float64")
+    st = prog.bind(prog.init_params(seed=1), batch_for(g, N))
+    rng = np.random.default_rng(0)
+    seed = rng.standard_normal(prog.size) if entry != "jtu" else rng.standard_normal(st.output.shape)
+    out = np.empty_like(st.output) if entry == "jv" else np.empty(prog.size)
+    f = getattr(st, entry)
+    first = f(seed, out=out).copy()
+    f(seed, out=out)
+    tracemalloc.start()
+    result = f(seed, out=out)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert result is out
+    np.testing.assert_array_equal(result, first)
+    activation = N * width * 8
+    assert peak < activation // 2, peak
+
+
+def test_vector_buffers_are_reused():
+    g = rg.nn.mlp([10, 16, 16, 16, 4], activation="tanh")
+    prog = rg.compile(g)
+    _, vector = prog._plans["hv"]
+    planned = [n for n in vector if n.op.kind in ("fused", "gemm")]
+    assert len(prog.buffers("hv", 8)) < len(planned)
+
+
+def test_out_matches_fresh_result():
+    g = rg.nn.mlp([5, 7, 3], activation="swish", l2=1e-2)
+    prog = rg.compile(g)
+    st = prog.bind(prog.init_params(), batch_for(g, 4))
+    v = np.random.default_rng(1).standard_normal(prog.size)
+    out = np.full(prog.size, np.nan)
+    np.testing.assert_allclose(st.gv(v, out=out), st.gv(v), rtol=0, atol=0)
+    np.testing.assert_allclose(st.hv(v, out=out), st.hv(v), rtol=0, atol=0)
