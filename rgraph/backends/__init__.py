@@ -55,8 +55,15 @@ class Backend:
 
 
 def matmul_out(xp, a, b, transpose_a=False, transpose_b=False, out=None):
-    """One GEMM (BLAS / cuBLAS), into ``out`` when given."""
-    return xp.matmul(a.T if transpose_a else a, b.T if transpose_b else b, out=out)
+    """One GEMM (BLAS / cuBLAS), into ``out`` when given; leading axes of an operand index rows, as in
+    ops.linalg.MatMul, so an (N, P, K) operand is one (N*P, K) matrix."""
+    a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    A, B = (a2.T if transpose_a else a2), (b2.T if transpose_b else b2)
+    rows = (A.shape[0],) if transpose_a or a.ndim == 2 else a.shape[:-1]
+    if out is not None:
+        xp.matmul(A, B, out=out.reshape(A.shape[0], B.shape[1]))
+        return out
+    return xp.matmul(A, B).reshape(rows + (B.shape[1],))
 
 
 def sum_out(xp, x, axis=None, keepdims=False, out=None):
