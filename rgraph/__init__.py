@@ -16,8 +16,9 @@ from .compiler import compile
 from .program import Program
 from .check import check_graph, check_op, evaluate
 from . import nn
+from .viz import to_dot
 
 __version__ = "0.1.0"
 __all__ = ["Graph", "Type", "Value", "Op", "Elementwise", "elementwise", "register", "REGISTRY", "E", "ops",
-           "compile", "Program", "check_op", "check_graph", "evaluate", "nn", "RgraphError", "ShapeError",
+           "compile", "Program", "to_dot", "check_op", "check_graph", "evaluate", "nn", "RgraphError", "ShapeError",
            "RuleError", "BindError", "CheckError"]

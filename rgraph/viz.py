@@ -74,6 +74,15 @@ def to_dot(obj, entry=None, *, title=None, edge_shapes=None):
     ids = {n: f"n{n.id}" for n in nodes}
 
     def add(graph, node):
+        if node.op.kind == "fused":   # a fused kernel: a cluster holding the node, labelled with its expressions
+            with graph.subgraph(name=f"cluster_{node.op.name}_{node.id}") as sub:
+                sub.attr(label=_kernel_text(node.op), labeljust="l", style="rounded,filled", fillcolor="#F4F4F4",
+                         color="#BBBBBB", fontname="Courier", fontsize="8")
+                add_plain(sub, node)
+        else:
+            add_plain(graph, node)
+
+    def add_plain(graph, node):
         if node.is_leaf:
             graph.node(ids[node], _label(node), **LEAF_STYLES[node.op])
         else:
@@ -107,6 +116,12 @@ def to_dot(obj, entry=None, *, title=None, edge_shapes=None):
         for a, b in zip(present, present[1:]):
             legend.edge(f"legend_{a}", f"legend_{b}", style="invis")
     return dot
+
+
+def _kernel_text(op):
+    """A fused kernel's printed expressions, left-aligned lines for a graphviz label."""
+    lines = [line for line in op.source("numexpr").splitlines() if not line.startswith("#")]
+    return "\\l".join(line.replace("\\", "\\\\").replace('"', "'") for line in lines) + "\\l"
 
 
 def show(obj, entry, path, **options):

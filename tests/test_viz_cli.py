@@ -30,6 +30,15 @@ def test_hv_drawing_has_every_tag_hv_needs_in_its_colour():
     assert source.count("shape=diamond") == 4               # the seeds v, one per parameter
 
 
+def test_each_fused_kernel_is_a_cluster_listing_its_expressions():
+    prog = rg.compile(rg.nn.mlp([4, 6, 3]))
+    fused = [n for n in prog.module.nodes(["hv"]) if n.op.kind == "fused"]
+    source = rg.to_dot(prog, "hv").source
+    assert fused and source.count("subgraph cluster_fused") == len(fused)
+    first = fused[0].op.source("numexpr").splitlines()[-1]
+    assert first.replace('"', "'") in source
+
+
 def test_gv_drawing_shows_the_gauss_newton_part():
     source = rg.viz.to_dot(rg.compile(rg.nn.mlp([4, 6, 3])), "gv").source
     assert viz.TAG_COLOURS["gn"] in source and viz.TAG_COLOURS["rbackward"] not in source
