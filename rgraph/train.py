@@ -27,7 +27,7 @@ from . import data as datasets
 from .compiler import compile
 from .graph import Graph
 from .nn import MODELS
-from .optim import OPTIMIZERS, make_optimizer
+from .optim import OPTIMIZERS, finite, make_optimizer
 
 # Defaults per optimiser, measured on digits with the default small CNN (see docs/optimizers.md).
 OPTIMIZER_DEFAULTS = {
@@ -92,13 +92,22 @@ def evaluate(prog, theta, x, y, batch_size=1000):
 
 
 def _progress(iterable, total, enabled, desc):
-    if enabled:
-        try:
-            from tqdm import tqdm
-            return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr)
-        except ImportError:
-            pass
-    return iterable
+    """A tqdm bar on stderr where tqdm is installed; otherwise a plain counter, rewritten in place on a
+    terminal and left out when stderr is a file or a pipe (logs get only the per-epoch lines)."""
+    if not enabled:
+        return iterable
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _plain_progress(iterable, total, desc) if sys.stderr.isatty() else iterable
+    return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr)
+
+
+def _plain_progress(iterable, total, desc):
+    for k, item in enumerate(iterable, start=1):
+        yield item
+        print(f"\r{desc}: batch {k}/{total}", end="", file=sys.stderr, flush=True)
+    print("\r" + " " * (len(desc) + 24) + "\r", end="", file=sys.stderr, flush=True)
 
 
 def _epoch_figures(step_stats):
@@ -112,10 +121,46 @@ def _epoch_figures(step_stats):
     return out
 
 
+class NonFiniteParameters(RuntimeError):
+    """An optimiser handed back parameters with a NaN or an infinity: training stops before they are saved."""
+
+
+class ResumeError(ValueError):
+    """--resume found a checkpoint of a different run (model, data, optimiser, settings, ...)."""
+
+
+# What fixes a run's trajectory: a resumed run must agree with its checkpoint on each of these (epochs may grow).
+TRAJECTORY = ("model", "dataset", "optimizer", "settings", "batch_size", "seed", "dtype", "parameters", "l2")
+
+
+def _same_run(saved, config):
+    """Raise a ResumeError naming what differs between a checkpoint's configuration and this run's."""
+    saved, config = json.loads(json.dumps(saved, default=str)), json.loads(json.dumps(config, default=str))
+    differ = [f"{key}: checkpoint {saved.get(key)!r}, now {config.get(key)!r}"
+              for key in TRAJECTORY if saved.get(key) != config.get(key)]
+    if differ:
+        raise ResumeError("--resume: this run differs from the checkpoint's, so it would not continue the same "
+                         "trajectory (" + "; ".join(differ) + ")")
+
+
+def _write_metrics(out, history):
+    """metrics.jsonl holds exactly the epochs in ``history`` (on resume, those the checkpoint knows about)."""
+    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(record) + "\n" for record in history)
+
+
 def train(graph, dataset, optimizer="fitre", *, epochs=10, batch_size=128, seed=0, out=None, resume=False,
           dtype="float64", backend="numpy", settings=None, progress=True, log=print, checkpoint_every=0):
-    """Train ``graph`` on ``dataset``; returns (theta, history of per-epoch metrics)."""
-    if graph.inputs["x"].ndim == 2:
+    """Train ``graph`` on ``dataset``; returns (theta as a host array, history of per-epoch metrics).
+
+    Randomness is counter-based: the batch order of an epoch comes from ``(seed, epoch)`` and each
+    optimiser step draws from ``(settings["seed"], step)``, so the checkpoint's position (epoch, batch)
+    and the optimiser's step count are the whole random state, and ``resume=True`` continues the
+    very same trajectory.
+
+        >>> theta, history = train(nn.small_cnn(l2=1e-4), data.load("digits"), "fitre", epochs=1)
+    """
+    if graph.inputs["x"].ndim == 2:           # MLPs take flat inputs, CNNs N x C x H x W
         dataset = dataset.flat()
     prog = compile(graph, backend=backend, dtype=dtype)
     settings = {**OPTIMIZER_DEFAULTS.get(optimizer, {}), **(settings or {})}
@@ -127,20 +172,32 @@ def train(graph, dataset, optimizer="fitre", *, epochs=10, batch_size=128, seed=
     x_test, y_test = asarray(dataset.x_test.astype(dtype)), dataset.y_test
     theta, start_epoch, start_batch, history, elapsed = prog.init_params(seed), 0, 0, [], 0.0
     ckpt = os.path.join(out, "checkpoint.pkl") if out else None
-    if out:
-        os.makedirs(out, exist_ok=True)
-        config = {"model": graph.name, "dataset": dataset.name, "optimizer": optimizer, "settings": opt.settings,
-                  "epochs": epochs, "batch_size": batch_size, "seed": seed, "dtype": dtype, "backend": backend,
-                  "parameters": prog.size, "l2": graph.l2}
-        with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump(config, f, indent=2, default=str)
+    config = {"model": graph.name, "dataset": dataset.name, "optimizer": optimizer, "settings": opt.settings,
+              "epochs": epochs, "batch_size": batch_size, "seed": seed, "dtype": dtype, "backend": backend,
+              "parameters": prog.size, "l2": graph.l2}
     if resume:
         if not ckpt or not os.path.exists(ckpt):
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt!r}")
         state = load_checkpoint(ckpt)
+        _same_run(state.get("config", {}), config)
         theta = asarray(state["theta"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, start_batch, history, elapsed = state["epoch"], state["batch"], state["history"], state["elapsed"]
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "config.json"), "w") as f:
+            json.dump(config, f, indent=2, default=str)
+        _write_metrics(out, history)
+
+    def checkpoint(epoch, batch, elapsed):
+        host = prog.backend.to_host(theta)
+        if not finite(host):                  # the optimisers reject such steps; this guards the file regardless
+            raise NonFiniteParameters(f"parameters are not finite at epoch {epoch + 1}, batch {batch}; "
+                                      f"the checkpoint {ckpt} keeps the last finite ones")
+        save_checkpoint(ckpt, {"theta": host, "optimizer": opt.state_dict(), "epoch": epoch, "batch": batch,
+                               "history": history, "elapsed": elapsed, "config": config,
+                               "rng": {"batch_order": [seed, epoch], "optimizer_step": opt.steps}})
+
     n_batches = datasets.num_batches(len(y_train), batch_size)
     for epoch in range(start_epoch, epochs):
         t0, step_stats = time.perf_counter(), []
@@ -148,26 +205,26 @@ def train(graph, dataset, optimizer="fitre", *, epochs=10, batch_size=128, seed=
         for k, batch in enumerate(_progress(batches, n_batches - start_batch, progress, f"epoch {epoch + 1}"),
                                   start=start_batch):
             theta, stats = opt.step(theta, batch)
+            if not finite(theta):
+                raise NonFiniteParameters(f"optimizer {optimizer!r} returned non-finite parameters at epoch "
+                                          f"{epoch + 1}, batch {k + 1} (stats {stats}); nothing was saved")
             step_stats.append(stats)
             if ckpt and checkpoint_every and (k + 1) % checkpoint_every == 0 and k + 1 < n_batches:
-                save_checkpoint(ckpt, {"theta": prog.backend.to_host(theta), "optimizer": opt.state_dict(),
-                                       "epoch": epoch, "batch": k + 1, "history": history,
-                                       "elapsed": elapsed + time.perf_counter() - t0})
+                checkpoint(epoch, k + 1, elapsed + time.perf_counter() - t0)
         start_batch = 0
         elapsed += time.perf_counter() - t0
         test_loss, test_acc = evaluate(prog, theta, x_test, y_test)
         record = {"epoch": epoch + 1, **_epoch_figures(step_stats), "test_loss": test_loss, "test_accuracy": test_acc,
-                  "time": elapsed}
+                  "time": elapsed, "steps": opt.steps}
         history.append(record)
         log(format_record(record))
         if out:
             with open(os.path.join(out, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
-            save_checkpoint(ckpt, {"theta": prog.backend.to_host(theta), "optimizer": opt.state_dict(),
-                                   "epoch": epoch + 1, "batch": 0, "history": history, "elapsed": elapsed})
+            checkpoint(epoch + 1, 0, elapsed)
     if out and history:
         plot_curves(history, os.path.join(out, "curves.png"), title=f"{graph.name} / {optimizer}")
-    return theta, history
+    return prog.backend.to_host(theta), history
 
 
 def format_record(r):
@@ -228,6 +285,8 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--lam", type=float, help="initial Levenberg-Marquardt lambda (newton-cg)")
     p.add_argument("--radius", type=float, help="initial trust-region radius (fitre, newton-cg --set curvature=hessian)")
     p.add_argument("--damping", type=float, help="KFAC damping gamma (fitre, kfac)")
+    p.add_argument("--gn-fraction", type=float, help="share of the batch for Gauss-Newton products (newton-cg)")
+    p.add_argument("--cg-maxiter", type=int, help="CG iteration cap per Newton step (newton-cg)")
     p.add_argument("--set", dest="settings", action="append", type=_setting, default=[], metavar="KEY=VALUE",
                    help="any other optimiser setting, e.g. --set gn_fraction=0.05 --set curvature=gn")
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "auto"])
@@ -241,7 +300,7 @@ def add_arguments(p: argparse.ArgumentParser):
 
 def run(args) -> int:
     settings = dict(args.settings)
-    for flag in ("lr", "lam", "radius", "damping"):
+    for flag in ("lr", "lam", "radius", "damping", "gn_fraction", "cg_maxiter"):
         if getattr(args, flag) is not None:
             settings[flag] = getattr(args, flag)
     accepted = OPTIMIZERS[args.optimizer].defaults
@@ -262,9 +321,12 @@ def run(args) -> int:
         train(graph, dataset, args.optimizer, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
               out=out, resume=args.resume, dtype=args.dtype, backend=args.backend, settings=settings,
               progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ResumeError) as e:   # no checkpoint to resume, or a different run's checkpoint
         print(f"rgraph train: {e}", file=sys.stderr)
         return 2
+    except NonFiniteParameters as e:
+        print(f"rgraph train: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
