@@ -4,6 +4,8 @@ model and data: epochs and wall time to 97% test accuracy, and the final accurac
     python examples/compare_optimizers.py [--epochs 10] [--plot compare.png]
 """
 import argparse
+import os
+import platform
 
 from rgraph import data, nn
 from rgraph.train import train
@@ -26,6 +28,8 @@ def main():
     p.add_argument("--plot", default="compare_optimizers.png")
     args = p.parse_args()
     dataset = data.load("digits")
+    print(f"digits, small CNN, batch 128, up to {args.epochs} epochs; "
+          f"{platform.machine()} CPU, {os.cpu_count()} cores, Python {platform.python_version()}")
     results = []
     for name, settings in RUNS:
         graph = nn.small_cnn(input_shape=dataset.input_shape, num_classes=dataset.num_classes, l2=1e-4)
