@@ -140,6 +140,15 @@ def test_resume_after_a_crash_between_metrics_and_checkpoint_keeps_one_line_per_
     assert [r["epoch"] for r in _metrics(tmp_path)] == [1, 2, 3] == [r["epoch"] for r in history]
 
 
+def test_blas_threads_flag_limits_blas_in_process(tmp_path):
+    pytest.importorskip("threadpoolctl")
+    from threadpoolctl import threadpool_info, threadpool_limits
+    with threadpool_limits(None):   # restore the test process's limits afterwards
+        assert cli.main(["train", "--model", "mlp", "--optimizer", "adam", "--epochs", "1", "--batch-size", "512",
+                         "--blas-threads", "1", "--out", str(tmp_path), "--no-progress"]) == 0
+        assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
+
+
 def test_resume_refuses_a_checkpoint_of_a_different_run(tmp_path, capsys):
     out = str(tmp_path)
     args = ["train", "--model", "mlp", "--optimizer", "sgd", "--epochs", "1", "--batch-size", "512", "--out", out,
