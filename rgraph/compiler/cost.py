@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..expr import operations
+
 
 def _concrete(shape, n):
     return tuple(n if d is None else d for d in shape)
@@ -25,22 +27,12 @@ def _itemsize(node, dtype):
     return dtype.itemsize if node.type.is_float else (8 if node.dtype == "int64" else 1)
 
 
-def _expr_ops(expression):
-    seen, stack = set(), [expression]
-    while stack:
-        e = stack.pop()
-        if e not in seen and e.op not in ("var", "const"):
-            seen.add(e)
-            stack.extend(e.args)
-    return len(seen)
-
-
 def node_flops(node, n) -> int:
     op = node.op
     if hasattr(op, "flops"):
         return int(op.flops(([_concrete(i.shape, n) for i in node.inputs], _concrete(node.shape, n)), node.attrs))
     if op.kind == "elementwise":
-        return _size(node, n) * max(1, _expr_ops(op.expr))
+        return _size(node, n) * max(1, len(operations(op.expr)))
     return _size(node, n)
 
 
