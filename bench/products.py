@@ -55,10 +55,12 @@ def mlp_workload():
 
 
 def vgg_mini_workload():
-    if not hasattr(rg.nn, "vgg") or not hasattr(rg.ops, "conv2d"):
+    """conv3x3 3->32, swish, maxpool 2; conv 32->64, swish, maxpool; conv 64->128, swish, maxpool; dense 2048->10."""
+    if not hasattr(rg.nn, "small_cnn") or not hasattr(rg.ops, "conv2d"):
         return None
-    return dict(name="VGG-mini 3x32x32", kind="cnn", batch=128, graph=lambda: rg.nn.vgg("mini", input_shape=(3, 32, 32),
-                                                                                          num_classes=10, l2=1e-3))
+    return dict(name="VGG-mini 3x32x32 (32-64-128 conv, dense 2048-10) swish", kind="cnn", batch=128,
+                graph=lambda: rg.nn.small_cnn(input_shape=(3, 32, 32), num_classes=10, channels=(32, 64, 128),
+                                              l2=1e-3))
 
 
 WORKLOADS = [mlp_workload, vgg_mini_workload]
@@ -132,8 +134,6 @@ def bench_jax(w, batch, repeats, prog):
         import jax.numpy as jnp
     except ImportError:
         return None
-    if w["kind"] != "mlp":
-        return None
     jax.config.update("jax_enable_x64", False)
     view = prog.view(prog.init_params(seed=0))
     params = [jnp.asarray(view[name]) for name in prog.layout]
@@ -143,10 +143,17 @@ def bench_jax(w, batch, repeats, prog):
     # data and parameters are arguments, never closed over: XLA would constant-fold GEMMs on them
     def net(p, X):
         h = X
-        for i in range(0, len(p) - 2, 2):
-            a = h @ p[i] + p[i + 1]
-            h = a * jax.nn.sigmoid(a)
-        return h @ p[-2] + p[-1]
+        for i in range(0, len(p), 2):
+            W, b = p[i], p[i + 1]
+            if W.ndim == 4:  # conv 3x3, padding 1, NCHW/OIHW, then swish and 2x2 max pooling
+                a = jax.lax.conv_general_dilated(h, W, (1, 1), ((1, 1), (1, 1)),
+                                                 dimension_numbers=("NCHW", "OIHW", "NCHW")) + b.reshape(1, -1, 1, 1)
+                h = a * jax.nn.sigmoid(a)
+                h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+            else:
+                a = h.reshape(h.shape[0], -1) @ W + b
+                h = a * jax.nn.sigmoid(a) if i + 2 < len(p) else a
+        return h
 
     def f(p, X, Y):
         z = net(p, X)
@@ -200,8 +207,6 @@ def bench_torch(w, batch, repeats, prog):
         from torch import func as tf
     except ImportError:
         return None
-    if w["kind"] != "mlp":
-        return None
     torch.set_num_threads(CORES)
     view = prog.view(prog.init_params(seed=0))
     params = [torch.tensor(np.array(view[name])) for name in prog.layout]
@@ -211,9 +216,14 @@ def bench_torch(w, batch, repeats, prog):
 
     def net(*p):
         h = X
-        for i in range(0, len(p) - 2, 2):
-            h = F.silu(h @ p[i] + p[i + 1])
-        return h @ p[-2] + p[-1]
+        for i in range(0, len(p), 2):
+            W, b = p[i], p[i + 1]
+            if W.ndim == 4:
+                h = F.max_pool2d(F.silu(F.conv2d(h, W, b.reshape(-1), padding=1)), 2)
+            else:
+                h = h.reshape(h.shape[0], -1) @ W + b
+                h = F.silu(h) if i + 2 < len(p) else h
+        return h
 
     def f(*p):
         return F.cross_entropy(net(*p), Y) + 0.5 * l2 * sum((q * q).sum() for q in p)
