@@ -318,7 +318,10 @@ def groups(module: Module) -> list[list[Value]]:
         ``grad`` or ``hv`` needs); in the vector stage one entry set may contain the other (a J v kernel
         may carry the Gauss-Newton term gv adds to it: cheap per call, and it keeps one kernel between
         two GEMMs)."""
-        if (a in module.vector) != (b in module.vector) or a.shape != b.shape:
+        return a.shape == b.shape and same_stage(a, b)
+
+    def same_stage(a, b):
+        if (a in module.vector) != (b in module.vector):
             return False
         if a in module.vector:
             return need[a] <= need[b] or need[b] <= need[a]
@@ -343,11 +346,6 @@ def groups(module: Module) -> list[list[Value]]:
         return True
     entry_outputs = set(module.outputs())
     shape_of = {}
-
-    def same_stage(a, b):
-        return (
-            (a in module.vector) == (b in module.vector) and
-            (need[a] <= need[b] or need[b] <= need[a] if a in module.vector else need[a] == need[b]))
     for n in nodes:
         if not _fusable(n):
             continue
