@@ -94,7 +94,7 @@ class _View:
             if params is not None and len(outs) == len(params) and e in ("grad", "jtu", "gv", "hv"):
                 labels = [p.name for p in params]
             else:
-                labels = {"loss": ["loss"], "output": ["z"], "jv": ["jv"]}.get(e, [f"{e}[{k}]" for k in range(len(outs))])
+                labels = [{"output": "z"}.get(e, e)] if len(outs) == 1 else [f"{e}[{k}]" for k in range(len(outs))]
             self.named_outputs += list(zip(labels, outs, strict=True))
         staged = "stage" in getattr(module, "history", ["stage"])
         self.vector = set(module.vector) if staged else None
@@ -275,8 +275,8 @@ def to_dot(obj, entry=None, *, collapse=False, group=True, edge_shapes=None, tit
         if kind is not None:
             label = _const_text(n) if kind == "const" else n.name
             if not edge_shapes and kind != "const":
-                label += f"\n{fmt_shape(n.shape)}"
-            g.node(nid(n), label, tooltip=f"{n.label}: {n.type} [{LEAF_NAMES[kind]}]", **LEAF_STYLES[kind])
+                label += f"\\n{fmt_shape(n.shape)}"
+            g.node(nid(n), label, tooltip=f"{n.name or 'constant'}: {n.type} ({LEAF_NAMES[kind]})", **LEAF_STYLES[kind])
             return
         members = chains[n]
         colour = TAG_COLOURS.get(n.tag, "#999999")
@@ -284,13 +284,13 @@ def to_dot(obj, entry=None, *, collapse=False, group=True, edge_shapes=None, tit
             label = n.op.name
         else:
             label = " > ".join(m.op.name for m in members[:4]) + (" > ..." if len(members) > 4 else "") \
-                + f"\n({len(members)} ops)"
+                + f"\\n({len(members)} ops)"
         last = members[-1]
         if not edge_shapes:
-            label += f"\n{fmt_shape(last.shape)}"
+            label += f"\\n{fmt_shape(last.shape)}"
         attrs = {"shape": "box" if len(members) > 1 else "ellipse", "style": "filled,rounded" if len(members) > 1
                  else "filled", "fillcolor": colour, "fontcolor": "white", "color": colour,
-                 "tooltip": f"{last.label}: {last.type} [{n.tag}]"}
+                 "tooltip": f"{last.op.name}: {last.type} [{n.tag}]"}
         if any(m in outputs for m in members):
             attrs.update(peripheries="2", color="black")
         g.node(nid(n), label, **attrs)
