@@ -148,7 +148,8 @@ def cmd_show(args) -> int:
     if not args.output:
         raise UsageError("give an output file with -o FILE (.svg, .png, .pdf or .dot), or --text for a listing")
     try:
-        viz.show(target, args.pass_, args.output, collapse=args.collapse, group=not args.no_group)
+        viz.show(target, args.pass_, args.output, group=not args.no_group,
+                 collapse={None: False, "chains": True, "layers": "layers"}[args.collapse])
     except viz.DotNotFound as e:
         raise UsageError(str(e)) from e
     except ValueError as e:
@@ -328,7 +329,7 @@ def cmd_train(argv) -> int:
 EXAMPLES = {
     "show": """examples:
   rgraph show mlp --pass hv -o hv.svg           the Hessian-vector pass of the zoo's MLP
-  rgraph show vgg11 --pass gv -o gv.svg --collapse
+  rgraph show vgg11 --pass gv -o gv.svg --collapse layers   one box per layer, tag and stage
   rgraph show mlp --pass grad --text            a text listing instead of a drawing
   rgraph show mlp --pass hv --until cse -o hv_cse.svg   the pass after the cse stage
   rgraph show my_net.py:build --pass jv -o jv.pdf       your own model (a function returning a Graph)
@@ -383,7 +384,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help=f"one of {', '.join(PASS_NAMES)} (default %(default)s)")
     q.add_argument("-o", "--output", metavar="FILE", help="where to write the drawing")
     q.add_argument("--text", action="store_true", help="print a listing (one line per instruction) instead")
-    q.add_argument("--collapse", action="store_true", help="fold elementwise and shape-op chains into single boxes")
+    q.add_argument("--collapse", nargs="?", const="chains", choices=["chains", "layers"],
+                   help="chains (the default when given): fold elementwise and shape-op chains into single boxes; "
+                        "layers: one box per layer, pass tag and stage (for big networks)")
     q.add_argument("--no-group", action="store_true", help="do not cluster nodes by layer (parameter-name prefix)")
     q.add_argument("--until", metavar="STAGE", help="draw the module after this compiler stage (e.g. derive, cse)")
     q.set_defaults(run=cmd_show)

@@ -228,6 +228,17 @@ def collapse_groups(view: _View) -> dict:
     return head
 
 
+def layer_groups(view: _View, layers: dict) -> dict:
+    """One box per (layer, tag, stage): node -> the group's first node. Nodes outside layers stay alone."""
+    head, first = {}, {}
+    for n in view.nodes:
+        if n.is_leaf:
+            continue
+        key = (layers.get(n), n.tag, view.stage_of(n))
+        head[n] = first.setdefault(key, n) if key[0] is not None else n
+    return head
+
+
 # --- drawing -------------------------------------------------------------------------------------
 
 def to_dot(obj, entry=None, *, collapse=False, group=True, edge_shapes=None, title=None, legend=True):
@@ -240,8 +251,8 @@ def to_dot(obj, entry=None, *, collapse=False, group=True, edge_shapes=None, tit
         True
 
     ``entry``: a pass name (forward, grad, jv, jtu, gv, hv) or any entry of the module (loss, output,
-    taps); default hv. ``collapse``: fold elementwise and shape-op chains into single boxes (for big
-    networks). ``group``: cluster a layer's nodes by parameter-name prefix. ``edge_shapes``: shapes on
+    taps); default hv. ``collapse``: True folds elementwise and shape-op chains into single boxes;
+    "layers" draws one box per layer, pass tag and stage (a VGG's hv pass in a few dozen boxes). ``group``: cluster a layer's nodes by parameter-name prefix. ``edge_shapes``: shapes on
     edges (default: up to ``LARGE`` nodes; beyond, shapes go into node labels and the layout effort
     is bounded). ``legend``: the tag and leaf legend.
     """
@@ -249,7 +260,15 @@ def to_dot(obj, entry=None, *, collapse=False, group=True, edge_shapes=None, tit
     view = _View(obj, entry)
     nodes = view.nodes
     index = {n: k for k, n in enumerate(nodes)}
-    head = collapse_groups(view) if collapse else {n: n for n in nodes if not n.is_leaf}
+    if collapse not in (False, True, "layers"):
+        raise ValueError(f"collapse must be False, True or 'layers', got {collapse!r}")
+    layers = layer_of(nodes) if (group or collapse == "layers") else {}
+    if collapse == "layers":
+        head = layer_groups(view, layers)
+    elif collapse:
+        head = collapse_groups(view)
+    else:
+        head = {n: n for n in nodes if not n.is_leaf}
     chains = {}
     for n in nodes:
         if n in head:
@@ -282,6 +301,9 @@ def to_dot(obj, entry=None, *, collapse=False, group=True, edge_shapes=None, tit
         colour = TAG_COLOURS.get(n.tag, "#999999")
         if len(members) == 1:
             label = n.op.name
+        elif collapse == "layers":
+            gemms = sum(getattr(m.op, "kind", None) == "gemm" for m in members)
+            label = f"{layers.get(n, '')} {n.tag}\\n{len(members)} ops" + (f", {gemms} GEMMs" if gemms else "")
         else:
             label = " > ".join(m.op.name for m in members[:4]) + (" > ..." if len(members) > 4 else "") \
                 + f"\\n({len(members)} ops)"
@@ -307,10 +329,10 @@ def to_dot(obj, entry=None, *, collapse=False, group=True, edge_shapes=None, tit
     instrs = [n for n in boxes if not n.is_leaf]
     picks = {}
     for n in instrs:   # a multi-output kernel's "pick" nodes sit in the kernel's cluster
-        if n.op.name == "pick" and n.inputs and is_fused(n.inputs[0]) and head.get(n.inputs[0]) is n.inputs[0]:
+        k = n.inputs[0] if n.inputs else None
+        if n.op.name == "pick" and k is not None and is_fused(k) and len(chains[n]) == 1 and len(chains.get(k, ())) == 1:
             picks.setdefault(n.inputs[0], []).append(n)
     picked = {p for ps in picks.values() for p in ps}
-    layers = layer_of(nodes) if group else {}
 
     def add_instrs(g, members, prefix):
         by_layer = {}
@@ -328,7 +350,7 @@ def to_dot(obj, entry=None, *, collapse=False, group=True, edge_shapes=None, tit
         for n in ms:
             if n in picked:
                 continue
-            if is_fused(n):
+            if is_fused(n) and len(chains[n]) == 1:
                 add_fused(g, n, picks.get(n, []))
             else:
                 add_node(g, n)

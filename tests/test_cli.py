@@ -111,6 +111,12 @@ def test_show_every_pass_as_dot(tmp_path, pass_):
     assert (tmp_path / "p.dot").read_text().startswith("digraph")
 
 
+@pytest.mark.parametrize("mode", ["chains", "layers"])
+def test_show_collapsed(tmp_path, mode):
+    ok(rgraph("show", "mlp", "--pass", "gv", "--collapse", mode, "-o", tmp_path / "gv.dot"))
+    assert "ops" in (tmp_path / "gv.dot").read_text()
+
+
 def test_show_text_listing():
     r = ok(rgraph("show", "mlp", "--pass", "gv", "--text"))
     assert "vector stage" in r.stdout and " gn " in r.stdout and r.stdout.strip().splitlines()[-1].startswith("outputs:")

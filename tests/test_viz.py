@@ -149,6 +149,16 @@ def test_collapse_folds_elementwise_chains(mlp_prog):
     assert all(t != h for t, h, _ in edges), "no self loops from folding"
 
 
+def test_collapse_layers_draws_one_box_per_layer_tag_and_stage(mlp_prog):
+    nodes, _, members, _ = parse(viz.to_dot(mlp_prog, "hv", collapse="layers").source)
+    labels = [a.get("label", "") for k, a in nodes.items() if k.startswith("n")]
+    assert any(re.fullmatch(r"fc0 forward\\n\d+ ops, 1 GEMMs", lab) for lab in labels), labels
+    assert any(re.fullmatch(r"fc\d rbackward\\n\d+ ops.*", lab) for lab in labels), labels
+    assert members["cluster_vector_layer_fc0"] and members["cluster_batch_layer_fc1"]
+    with pytest.raises(ValueError, match="collapse"):
+        viz.to_dot(mlp_prog, "hv", collapse="everything")
+
+
 def test_drawing_is_deterministic():
     a = rg.compile(rg.nn.mlp([4, 8, 3]))
     rg.compile(rg.nn.mlp([5, 2]))    # other values in between shift the creation counter
