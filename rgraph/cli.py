@@ -86,7 +86,11 @@ def build_model(spec: str, **options):
     try:
         graph = builder(**options)
     except TypeError as e:
-        raise UsageError(f"model {spec!r} does not take the options {sorted(options)}: {e}") from e
+        if options:
+            raise UsageError(f"model {spec!r} does not take the options {sorted(options)}: {e}") from e
+        raise UsageError(f"model {spec!r} could not be built: TypeError: {e}") from e
+    except ValueError as e:   # ShapeError included: a model that does not fit its options
+        raise UsageError(f"model {spec!r} could not be built: {type(e).__name__}: {e}") from e
     if not isinstance(graph, Graph):
         raise UsageError(f"model {spec!r} returned {type(graph).__name__}, not an rgraph.Graph")
     return graph

@@ -71,6 +71,12 @@ def build():
 
 def not_a_graph():
     return "nope"
+
+def broken():
+    g = rg.Graph("broken")
+    x = g.input("x", (None, 3))
+    W = g.param("W", (4, 2))
+    return g.output(x @ W)
 '''
 
 
@@ -149,9 +155,17 @@ def test_show_unknown_pass_fails_clearly(tmp_path):
 def test_show_bad_model_files_fail_clearly(user_files, tmp_path):
     for spec, message in ((f"{user_files / 'my_net.py'}:nope", "has no attribute 'nope'"),
                           (f"{user_files / 'my_net.py'}:not_a_graph", "not an rgraph.Graph"),
-                          (f"{user_files / 'missing.py'}:build", "no file")):
+                          (f"{user_files / 'missing.py'}:build", "no file"),
+                          (f"{user_files / 'my_net.py'}:broken", "ShapeError: op 'matmul'")):
         r = rgraph("show", spec, "-o", tmp_path / "x.dot")
         assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_zoo_options_that_do_not_fit():
+    r = rgraph("cost", "mlp", "--input-shape", "3,x")
+    assert r.returncode == 2 and "shape" in r.stderr
+    r = rgraph("show", "mlp", "--num-classes", "0", "--text")
+    assert r.returncode == 2 and "rgraph show: " in r.stderr and "Traceback" not in r.stderr
 
 
 def test_show_needs_an_output_or_text():
