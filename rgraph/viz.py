@@ -68,7 +68,7 @@ class _View:
                 raise ValueError(f"graph {obj.name!r} has no output and no loss to draw")
             self.name, self.entry = obj.name, "forward"
             self.order, self.vector, self.outputs = topo_order(outs), None, outs
-            self.named_outputs = [("loss", obj.loss), ("z", obj.z)]
+            self.named_outputs = [(k, v) for k, v in (("loss", obj.loss), ("z", obj.z)) if v is not None]
             return
         if isinstance(obj, Value):
             self.name, self.entry = obj.label, entry or "value"
