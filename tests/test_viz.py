@@ -328,3 +328,31 @@ def test_vgg11_hv_renders(tmp_path):
     path = tmp_path / "vgg11_hv.svg"
     prog.show("hv", str(path), collapse=True)
     assert path.stat().st_size > 10_000
+
+
+GOLDEN_TEXT = """\
+# linear forward: 8 instructions
+leaves:
+  x      data       float(N, 3)
+  y      data       float(N, 2)
+  lin.W  parameter  float(3, 2)
+instructions:
+  %0 = matmul(x, lin.W)              float(N, 2)  forward
+  %1 = tanh(%0)                      float(N, 2)  forward
+  %2 = sub(%1, y)                    float(N, 2)  forward
+  %3 = square(%2)                    float(N, 2)  forward
+  %4 = sum(%3, axis=(1,))            float(N,)    forward
+  %5 = sum(%4, axis=(0,))            float()      forward
+  %6 = count(shape=(N,), axes=(0,))  float()      forward
+  %7 = div(%5, %6)                   float()      forward
+outputs: loss=%7, z=%1"""
+
+
+def test_text_golden():
+    from rgraph import ops
+    g = rg.Graph("linear")
+    x, y = g.input("x", (None, 3)), g.input("y", (None, 2))
+    W = g.param("lin.W", (3, 2))
+    z = g.output(ops.tanh(x @ W))
+    g.set_loss(ops.mse(z, y))
+    assert viz.text(g) == GOLDEN_TEXT
