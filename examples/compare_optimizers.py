@@ -1,6 +1,5 @@
-"""Newton-CG, FITRE, SGD (a small learning-rate grid, as the FITRE paper tunes it) and Adam on the same
-model and data: epochs and wall time to 97% test accuracy, and the final accuracy. Adam gets a
-two-point grid too, so that its untuned default is not what the table compares.
+"""Newton-CG, FITRE, SGD and Adam (small learning-rate grids, as the FITRE paper tunes SGD) on the same
+model and data: epochs and wall time to 97% test accuracy, and the final accuracy.
 
     python examples/compare_optimizers.py [--epochs 10] [--plot compare.png] [--blas-threads 1]
 

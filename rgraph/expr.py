@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["Expr", "E", "var", "const", "where", "diff", "evaluate", "render", "variables", "PRINTERS"]
+__all__ = ["Expr", "E", "var", "const", "where", "diff", "evaluate", "render", "variables", "subexpressions",
+           "operations", "PRINTERS"]
 
 UNARY = ("neg", "exp", "log", "log1p", "sqrt", "tanh", "sigmoid", "abs", "sign")
 BINARY = ("add", "mul", "div", "pow", "lt", "le", "gt", "ge", "eq", "ne")
@@ -238,17 +239,24 @@ def diff(e: Expr, name: str) -> Expr:
     return d(e)
 
 
-def variables(e: Expr) -> set[str]:
-    seen, stack, names = set(), [e], set()
+def subexpressions(e: Expr) -> set:
+    """Every node of ``e``, ``e`` included."""
+    seen, stack = set(), [e]
     while stack:
         n = stack.pop()
-        if id(n) in seen:
-            continue
-        seen.add(id(n))
-        if n.op == "var":
-            names.add(n.value)
-        stack.extend(n.args)
-    return names
+        if n not in seen:
+            seen.add(n)
+            stack.extend(n.args)
+    return seen
+
+
+def operations(e: Expr) -> set:
+    """The nodes of ``e`` that compute something (neither variables nor constants)."""
+    return {n for n in subexpressions(e) if n.op not in ("var", "const")}
+
+
+def variables(e: Expr) -> set[str]:
+    return {n.value for n in subexpressions(e) if n.op == "var"}
 
 
 def substitute(e: Expr, mapping: dict[str, Expr]) -> Expr:

@@ -206,9 +206,11 @@ def mlp(sizes, activation="swish", loss="softmax_cross_entropy", l2=0.0, name="m
 
 
 # The canonical VGG configurations (A, D, E): channels of 3x3 convolutions, "M" a 2x2 max pooling.
-# Table 3 of the FITRE paper names these networks; as converted to text it is garbled (its VGG19 row
-# has four poolings, which contradicts its Linear(512, 10) at 32x32), so the configurations follow the
-# canonical definitions, which give the paper's alpha = 512 on 32x32 inputs.
+# Table 3 of the FITRE paper names these networks, but as converted to text it is garbled: its VGG11
+# row lists nine convolutions and its VGG16 and VGG19 rows ten each (so "VGG19" would have fewer
+# parameters than "VGG16"), matching none of the depths the names denote. The zoo follows the
+# canonical definitions (8, 13 and 16 convolutions), which give the table's Linear(alpha = 512, beta)
+# on 32x32 inputs.
 VGG_CONFIGS = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import rgraph as rg
+from rgraph.expr import subexpressions
 from rgraph import expr as ex
 from rgraph.compiler.fuse import Fused
 
@@ -80,23 +81,13 @@ def _sigmoid_args(prog, entry):
         for n in stage:
             if n.op.kind == "fused":
                 env = dict(zip(n.op.params, n.inputs, strict=True))
-                for sub in set().union(*[_subexprs(e) for e in n.op.exprs]):  # a kernel evaluates each once
+                for sub in set().union(*[subexpressions(e) for e in n.op.exprs]):  # a kernel evaluates each once
                     if True:
                         if sub.op == "sigmoid":  # key: its argument over the kernel's input nodes
                             names = {v: env[v].label for v in ex.variables(sub)}
                             args.append(ex.render(ex.substitute(sub.args[0], {k: ex.var(x) for k, x in names.items()}),
                                                   "numpy"))
     return args
-
-
-def _subexprs(e):
-    seen, stack = set(), [e]
-    while stack:
-        x = stack.pop()
-        if x not in seen:
-            seen.add(x)
-            stack.extend(x.args)
-    return seen
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
@@ -109,11 +100,11 @@ def test_cse_sigmoid_once_per_preactivation_in_hv(depth):
     assert len(set(args)) == depth
     # none in the vector stage: all v-independent work is in the batch stage, computed once per bind
     assert not [n for n in prog._plans["hv"][1] if n.op.kind == "fused"
-                and any(s.op in ("sigmoid", "exp", "tanh", "log") for e in n.op.exprs for s in _subexprs(e))]
+                and any(s.op in ("sigmoid", "exp", "tanh", "log") for e in n.op.exprs for s in subexpressions(e))]
     # and unfused, the same program evaluates it many times over
     plain = rg.compile(rg.nn.mlp([5] + [7] * depth + [3], activation="swish"), fuse=False)
     count = sum(1 for stage in plain._plans["hv"] for n in stage if n.op.kind == "elementwise"
-                for s in _subexprs(n.op.expr) if s.op == "sigmoid")
+                for s in subexpressions(n.op.expr) if s.op == "sigmoid")
     assert count > depth
 
 

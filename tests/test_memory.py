@@ -47,3 +47,14 @@ def test_out_matches_fresh_result():
     out = np.full(prog.size, np.nan)
     np.testing.assert_allclose(st.gv(v, out=out), st.gv(v), rtol=0, atol=0)
     np.testing.assert_allclose(st.hv(v, out=out), st.hv(v), rtol=0, atol=0)
+
+
+def test_cost_peak_reflects_the_buffer_plan():
+    g = rg.nn.mlp([10, 16, 16, 4], activation="swish")
+    prog = rg.compile(g)
+    for entry in ("gv", "hv"):
+        pool = sum(a.nbytes for a in prog.buffers(entry, 32))
+        peak = prog.cost(entry, batch_size=32)["vector"]["peak_bytes"]
+        resident = {i for node in prog._plans[entry][1] for i in node.inputs} - set(prog._plans[entry][1])
+        assert peak >= pool + sum(8 * np.prod([32 if d is None else d for d in r.shape]) for r in resident
+                                  if r.dtype == "float")

@@ -4,13 +4,17 @@
 * ``flops``: 2mnk per GEMM; per elementwise kernel, one per scalar operation per element; one per
   output element for everything else (reductions, reshapes, gathers).
 * ``bytes``: bytes read plus written by the stage's kernels.
-* ``peak_bytes``: the most memory live at once while the stage runs, from liveness over the
-  instruction order: leaves (parameters, batch, seeds) and cached batch values the stage reads are
-  resident; a temporary lives from its kernel until its last reader.
+* ``peak_bytes``: the most memory live at once while the stage runs. Batch stage: liveness over the
+  scheduled order (leaves and values the vector stage reads stay resident; a temporary lives from its
+  kernel until its last reader). Vector stage: the plan the program runs, i.e. the resident inputs plus
+  the preallocated buffers of ``schedule.plan_buffers`` (reused by liveness, in place where legal) plus
+  whatever kernels without ``out=`` allocate.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from ..expr import operations
 
 
 def _concrete(shape, n):
@@ -25,22 +29,12 @@ def _itemsize(node, dtype):
     return dtype.itemsize if node.type.is_float else (8 if node.dtype == "int64" else 1)
 
 
-def _expr_ops(expression):
-    seen, stack = set(), [expression]
-    while stack:
-        e = stack.pop()
-        if e not in seen and e.op not in ("var", "const"):
-            seen.add(e)
-            stack.extend(e.args)
-    return len(seen)
-
-
 def node_flops(node, n) -> int:
     op = node.op
     if hasattr(op, "flops"):
         return int(op.flops(([_concrete(i.shape, n) for i in node.inputs], _concrete(node.shape, n)), node.attrs))
     if op.kind == "elementwise":
-        return _size(node, n) * max(1, _expr_ops(op.expr))
+        return _size(node, n) * max(1, len(operations(op.expr)))
     return _size(node, n)
 
 
@@ -50,7 +44,8 @@ def stage_cost(nodes, reads_after, n, dtype) -> dict:
 
     def b(v):
         if v not in nbytes:
-            nbytes[v] = _size(v, n) * _itemsize(v, dtype)
+            outputs = 0 if v.op.kind == "pick" else len(v.op.exprs) if v.op.kind == "fused" else 1
+            nbytes[v] = outputs * _size(v, n) * _itemsize(v, dtype)
         return nbytes[v]
     produced = set(nodes)
     last_use = {}
@@ -89,8 +84,25 @@ def cost(prog, entry: str, batch_size: int) -> dict:
     vector_reads = {i for node in vector for i in node.inputs}
     out = {"batch": stage_cost(batch, outputs | vector_reads, n, prog.dtype),
            "vector": stage_cost(vector, outputs, n, prog.dtype)}
+    if vector:
+        out["vector"]["peak_bytes"] = planned_peak(prog, entry, vector, outputs, n)
     grad_batch, _ = prog._plans["grad"]
     grad_flops = sum(node_flops(x, n) for x in grad_batch)
     mine = out["vector"]["flops"] if vector else out["batch"]["flops"]
     out["ratio_to_grad"] = mine / grad_flops if grad_flops else float("nan")
     return out
+
+
+def planned_peak(prog, entry, vector, outputs, n) -> int:
+    """Resident inputs + the vector stage's buffer pool + the results of kernels that allocate."""
+    from .schedule import VIEW_OPS, plan_buffers
+    backend = prog.backend
+    buffer_of, buffers = plan_buffers(vector, list(outputs), n, prog.dtype, lambda x: backend.in_place(x.op),
+                                      wants=lambda x: backend.writes_out(x.op))
+    item = prog.dtype.itemsize
+    pool = sum(int(np.prod(shape, dtype=np.int64)) * item for shape, _ in buffers)
+    produced = set(vector)
+    resident = {i for node in vector for i in node.inputs if i not in produced}
+    own = sum(_size(x, n) * _itemsize(x, prog.dtype) for x in vector
+              if buffer_of.get(x) is None and x.op.name not in VIEW_OPS)
+    return int(sum(_size(v, n) * _itemsize(v, prog.dtype) for v in resident) + pool + own)

@@ -28,10 +28,11 @@ TARGETS = ("numexpr", "cuda")  # a kernel must print for every fusing backend, o
 # --- expression lowering for printers ----------------------------------------------------------------
 
 def expand(e: ex.Expr, target: str) -> ex.Expr:
-    """Rewrite primitives a target lacks into ones it has (numexpr: sigmoid via tanh, sign via where).
+    """Rewrite primitives a target lacks into ones it has (numexpr: sigmoid via exp, sign via where).
 
-    Built with the raw constructor so nothing is folded: the reference interpreter computes sigmoid
-    exactly this way (0.5 tanh(0.5 a) + 0.5), so results agree to rounding."""
+    numexpr's tanh is scalar libm and 4x slower than its exp, so sigmoid(a) prints as 1 / (1 + exp(-a))
+    (exp(-a) = inf for a << 0 gives the exact limit 0; agrees with the reference's tanh form to rounding).
+    Built with the raw constructor so nothing is folded."""
     if target != "numexpr":
         return e
     memo = {}
@@ -43,7 +44,7 @@ def expand(e: ex.Expr, target: str) -> ex.Expr:
         args = [go(a) for a in n.args]
         if n.op == "sigmoid":
             (a,) = args
-            out = ex.Expr("add", (ex.Expr("mul", (half, ex.Expr("tanh", (ex.Expr("mul", (half, a)),)))), half))
+            out = ex.Expr("div", (one, ex.Expr("add", (one, ex.Expr("exp", (ex.Expr("neg", (a,)),))))))
         elif n.op == "sign":
             (a,) = args
             out = ex.Expr("where", (ex.Expr("gt", (a, zero)), one,
@@ -317,7 +318,10 @@ def groups(module: Module) -> list[list[Value]]:
         ``grad`` or ``hv`` needs); in the vector stage one entry set may contain the other (a J v kernel
         may carry the Gauss-Newton term gv adds to it: cheap per call, and it keeps one kernel between
         two GEMMs)."""
-        if (a in module.vector) != (b in module.vector) or a.shape != b.shape:
+        return a.shape == b.shape and same_stage(a, b)
+
+    def same_stage(a, b):
+        if (a in module.vector) != (b in module.vector):
             return False
         if a in module.vector:
             return need[a] <= need[b] or need[b] <= need[a]
@@ -342,11 +346,6 @@ def groups(module: Module) -> list[list[Value]]:
         return True
     entry_outputs = set(module.outputs())
     shape_of = {}
-
-    def same_stage(a, b):
-        return (
-            (a in module.vector) == (b in module.vector) and
-            (need[a] <= need[b] or need[b] <= need[a] if a in module.vector else need[a] == need[b]))
     for n in nodes:
         if not _fusable(n):
             continue

@@ -147,20 +147,10 @@ def stage(module: Module) -> Module:
 TRANSCENDENTAL = ("exp", "log", "log1p", "sqrt", "tanh", "sigmoid", "pow", "div")
 
 
-def _ops_in(e):
-    seen, stack = set(), [e]
-    while stack:
-        n = stack.pop()
-        if n not in seen and n.op not in ("var", "const"):
-            seen.add(n)
-            stack.extend(n.args)
-    return seen
-
-
 def _worth_caching(e):
     """A batch-only subexpression is cached when it holds a transcendental or two or more operations
     (a bare ``-x`` or ``2*x`` is cheaper to recompute than to read)."""
-    ops = _ops_in(e)
+    ops = ex.operations(e)
     return e.op not in ex.COMPARISONS and (len(ops) >= 2 or any(o.op in TRANSCENDENTAL for o in ops))
 
 
@@ -266,7 +256,7 @@ def _share_transcendentals(module, made):
     counts = {}
     for n in nodes:
         env = dict(zip(n.op.params, n.inputs, strict=True))
-        for sub in _ops_in(n.op.expr):
+        for sub in ex.operations(n.op.expr):
             if sub.op in TRANSCENDENTAL and sub is not n.op.expr:
                 key = _key(sub, env)
                 counts.setdefault(key, set()).add(n)
@@ -281,7 +271,7 @@ def _share_transcendentals(module, made):
         env = dict(zip(op.params, inputs, strict=True))
         old_env = dict(zip(op.params, node.inputs, strict=True))
         repl = {}
-        for sub in _ops_in(op.expr):
+        for sub in ex.operations(op.expr):
             if sub.op in TRANSCENDENTAL and sub is not op.expr and _key(sub, old_env) in shared:
                 name = f"s{len(repl)}"
                 while name in env:

@@ -1,0 +1,305 @@
+"""Time rgraph's products against JAX and PyTorch in one run (CPU, float32).
+
+    python bench/products.py [--repeats 7] [--quick]
+
+For each workload (a table below; the CNN rows appear once ``rgraph.nn.vgg``/``ops.conv2d`` exist):
+forward+loss, gradient, jv, jtu, gv (its one-off batch stage and its per-call vector stage), hv, each the
+median of ``repeats`` runs after warm-up, with every library on all cores. rgraph's GFLOP/s (FLOPs from
+``prog.cost``) is compared with the machine's NumPy GEMM peak (float32 2048^3) and with its own GEMM
+floor (the time of just the GEMMs of that product, run alone on the same operands). Peers are optional:
+a missing JAX or PyTorch is skipped. Nothing here is a dependency of rgraph.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+CORES = os.cpu_count() or 1
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ.setdefault(var, str(CORES))
+os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={CORES}")
+
+import numpy as np  # noqa: E402
+
+import rgraph as rg  # noqa: E402
+from rgraph.program import _run  # noqa: E402
+
+
+def median_ms(fn, repeats, warmup=2):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def gemm_peak(repeats):
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    out = np.empty_like(a)
+    ms = median_ms(lambda: np.matmul(a, a, out=out), repeats)
+    return 2 * 2048 ** 3 / (ms * 1e-3) / 1e9
+
+
+# --- workloads ----------------------------------------------------------------------------------------
+
+def mlp_workload():
+    sizes = [784, 1024, 1024, 10]
+    return dict(name="MLP 784-1024-1024-10 swish", kind="mlp", sizes=sizes, batch=1024,
+                graph=lambda: rg.nn.mlp(sizes, activation="swish", l2=1e-3))
+
+
+def vgg_mini_workload():
+    """conv3x3 3->32, swish, maxpool 2; conv 32->64, swish, maxpool; conv 64->128, swish, maxpool; dense 2048->10."""
+    if not hasattr(rg.nn, "small_cnn") or not hasattr(rg.ops, "conv2d"):
+        return None
+    return dict(name="VGG-mini 3x32x32 (32-64-128 conv, dense 2048-10) swish", kind="cnn", batch=128,
+                graph=lambda: rg.nn.small_cnn(input_shape=(3, 32, 32), num_classes=10, channels=(32, 64, 128),
+                                              l2=1e-3))
+
+
+WORKLOADS = [mlp_workload, vgg_mini_workload]
+
+
+def make_batch(g, n, rng):
+    x = g.inputs["x"]
+    X = rng.standard_normal((n,) + tuple(x.shape[1:])).astype(np.float32)
+    Y = rng.integers(0, g.z.shape[1], n)
+    return {"x": X, "y": Y}
+
+
+# --- rgraph -------------------------------------------------------------------------------------------
+
+def bench_rgraph(w, batch, repeats):
+    g = w["graph"]()
+    prog = rg.compile(g, dtype="float32")
+    theta = prog.init_params(seed=0)
+    n = w["batch"]
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal(prog.size).astype(np.float32)
+    st = prog.bind(theta, batch)
+    u = rng.standard_normal(st.output.shape).astype(np.float32)
+    flat, zout = np.empty(prog.size, np.float32), np.empty_like(st.output)
+    rows = {}
+
+    def fresh():
+        return prog.bind(theta, batch)
+    rows["forward+loss"] = (median_ms(lambda: fresh().loss, repeats), "loss", "batch")
+    rows["gradient"] = (median_ms(lambda: fresh().grad, repeats), "grad", "batch")
+    for entry in ("gv", "hv"):  # what the entry's batch stage adds to bind, timed on fresh states
+        times = []
+        for _ in range(repeats + 1):
+            s = fresh()
+            t = time.perf_counter()
+            s._batch(entry)
+            times.append(time.perf_counter() - t)
+        rows[f"{entry} batch stage (once)"] = (1e3 * statistics.median(times[1:]), entry, "batch-only")
+    for entry, seed, out in (("jv", v, zout), ("jtu", u, flat), ("gv", v, flat), ("hv", v, flat)):
+        f = getattr(st, entry)
+        rows[f"{entry} per call"] = (median_ms(lambda: f(seed, out=out), repeats), entry, "vector")
+    # GEMM floors: just the GEMM instructions of each product, on the same slots (all values computed)
+    st.grad
+    for entry in ("gv", "hv", "jv", "jtu"):
+        st._batch(entry)
+        getattr(st, entry)(u if entry == "jtu" else v)
+    floors = {}
+    for label, (ms, entry, stage) in rows.items():
+        batch_ins, vector_ins = prog.instructions(entry, n)
+        if stage == "vector":
+            ins = vector_ins
+        elif stage == "batch-only":
+            ins = [i for i in batch_ins if i[3] not in prog._plans["loss"][0]]
+        else:
+            ins = batch_ins
+        gemms = [i for i in ins if i[3].op.kind == "gemm"]
+        floors[label] = median_ms(lambda: _run(gemms, st._vals, n), repeats) if gemms else float("nan")
+    flops = {}
+    for label, (ms, entry, stage) in rows.items():
+        c = prog.cost(entry, batch_size=n)
+        if stage == "vector":
+            flops[label] = c["vector"]["flops"]
+        elif stage == "batch-only":
+            flops[label] = c["batch"]["flops"] - prog.cost("loss", batch_size=n)["batch"]["flops"]
+        else:
+            flops[label] = c["batch"]["flops"]
+    return rows, floors, flops, prog
+
+
+# --- JAX ----------------------------------------------------------------------------------------------
+
+def bench_jax(w, batch, repeats, prog):
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+    jax.config.update("jax_enable_x64", False)
+    view = prog.view(prog.init_params(seed=0))
+    params = [jnp.asarray(view[name]) for name in prog.layout]
+    X, Y = jnp.asarray(batch["x"]), jnp.asarray(batch["y"])
+    l2, N = prog.l2, X.shape[0]
+
+    # data and parameters are arguments, never closed over: XLA would constant-fold GEMMs on them
+    def net(p, X):
+        h = X
+        for i in range(0, len(p), 2):
+            W, b = p[i], p[i + 1]
+            if W.ndim == 4:  # conv 3x3, padding 1, NCHW/OIHW, then swish and 2x2 max pooling
+                a = jax.lax.conv_general_dilated(h, W, (1, 1), ((1, 1), (1, 1)),
+                                                 dimension_numbers=("NCHW", "OIHW", "NCHW")) + b.reshape(1, -1, 1, 1)
+                h = a * jax.nn.sigmoid(a)
+                h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+            else:
+                a = h.reshape(h.shape[0], -1) @ W + b
+                h = a * jax.nn.sigmoid(a) if i + 2 < len(p) else a
+        return h
+
+    def f(p, X, Y):
+        z = net(p, X)
+        data = jnp.mean(jax.nn.logsumexp(z, axis=1) - jnp.take_along_axis(z, Y[:, None], axis=1)[:, 0])
+        return data + 0.5 * l2 * sum(jnp.sum(q * q) for q in p)
+    rng = np.random.default_rng(1)
+    v = [jnp.asarray(rng.standard_normal(q.shape).astype(np.float32)) for q in params]
+    u = jnp.asarray(rng.standard_normal((N, 10)).astype(np.float32))
+    ready = jax.block_until_ready
+    out = {}
+    loss_j, grad_j = jax.jit(f), jax.jit(jax.grad(f))
+    out["forward+loss"] = (median_ms(lambda: ready(loss_j(params, X, Y)), repeats), "jit")
+    out["gradient"] = (median_ms(lambda: ready(grad_j(params, X, Y)), repeats), "jit")
+    jv_j = jax.jit(lambda p, t, X: jax.jvp(lambda q: net(q, X), (p,), (t,))[1])
+    out["jv per call"] = (median_ms(lambda: ready(jv_j(params, v, X)), repeats), "jit jvp")
+    jtu_j = jax.jit(lambda p, c, X: jax.vjp(lambda q: net(q, X), p)[1](c)[0])
+    out["jtu per call"] = (median_ms(lambda: ready(jtu_j(params, u, X)), repeats), "jit vjp")
+
+    # gv: linearize the network once per batch; the linear map (a pytree of residuals) is reused per call
+    @jax.jit
+    def linearize(p, X):
+        z, lin = jax.linearize(lambda q: net(q, X), p)
+        return jax.nn.softmax(z, axis=1), lin
+
+    @jax.jit
+    def gv(lin, probs, t):
+        r, back = jax.vjp(lin, t)
+        b = (probs * r - probs * jnp.sum(probs * r, axis=1, keepdims=True)) / N
+        return [g + l2 * ti for g, ti in zip(back(b)[0], t)]
+    out["gv batch stage (once)"] = (median_ms(lambda: ready(linearize(params, X)), repeats), "jit linearize")
+    probs, lin = linearize(params, X)
+    out["gv per call"] = (median_ms(lambda: ready(gv(lin, probs, v)), repeats), "linearize reused")
+    hv_jvp = jax.jit(lambda p, t, X, Y: jax.jvp(lambda q: jax.grad(f)(q, X, Y), (p,), (t,))[1])
+    hv_a = median_ms(lambda: ready(hv_jvp(params, v, X, Y)), repeats)
+
+    @jax.jit
+    def hv_linearize(p, X, Y):
+        return jax.linearize(lambda q: jax.grad(f)(q, X, Y), p)[1]
+    hv_lin = hv_linearize(params, X, Y)
+    apply = jax.jit(lambda lin, t: lin(t))
+    hv_b = median_ms(lambda: ready(apply(hv_lin, v)), repeats)
+    out["hv per call"] = min((hv_a, "jvp of grad"), (hv_b, "linearize of grad reused"))
+    return out
+
+
+# --- PyTorch ------------------------------------------------------------------------------------------
+
+def bench_torch(w, batch, repeats, prog):
+    try:
+        import torch
+        from torch import func as tf
+    except ImportError:
+        return None
+    torch.set_num_threads(CORES)
+    view = prog.view(prog.init_params(seed=0))
+    params = [torch.tensor(np.array(view[name])) for name in prog.layout]
+    X, Y = torch.tensor(batch["x"]), torch.tensor(batch["y"])
+    l2, N = prog.l2, X.shape[0]
+    F = torch.nn.functional
+
+    def net(*p):
+        h = X
+        for i in range(0, len(p), 2):
+            W, b = p[i], p[i + 1]
+            if W.ndim == 4:
+                h = F.max_pool2d(F.silu(F.conv2d(h, W, b.reshape(-1), padding=1)), 2)
+            else:
+                h = h.reshape(h.shape[0], -1) @ W + b
+                h = F.silu(h) if i + 2 < len(p) else h
+        return h
+
+    def f(*p):
+        return F.cross_entropy(net(*p), Y) + 0.5 * l2 * sum((q * q).sum() for q in p)
+    g = torch.Generator().manual_seed(1)
+    v = [torch.randn(q.shape, generator=g) for q in params]
+    u = torch.randn((N, 10), generator=g)
+    out = {}
+    with torch.no_grad():
+        out["forward+loss"] = (median_ms(lambda: f(*params), repeats), "eager")
+    out["gradient"] = (median_ms(lambda: tf.grad(f, argnums=tuple(range(len(params))))(*params), repeats), "func.grad")
+    out["jv per call"] = (median_ms(lambda: tf.jvp(net, tuple(params), tuple(v)), repeats), "func.jvp")
+    out["jtu per call"] = (median_ms(lambda: tf.vjp(net, *params)[1](u), repeats), "func.vjp")
+
+    def bmul(z, r):
+        p = torch.softmax(z, dim=1)
+        return (p * r - p * (p * r).sum(1, keepdim=True)) / N
+
+    def gv_func(t):
+        z, r = tf.jvp(net, tuple(params), tuple(t))
+        return [a + l2 * b for a, b in zip(tf.vjp(net, *params)[1](bmul(z, r)), t)]
+    a = median_ms(lambda: gv_func(v), repeats)
+    # autograd with the graph kept across calls: z once; J v by the double-vjp trick, J^T by a vjp
+    ps = [q.clone().requires_grad_(True) for q in params]
+    z = net(*ps)
+    dummy = torch.zeros_like(z, requires_grad=True)
+    gz = torch.autograd.grad(z, ps, dummy, create_graph=True)
+    p_soft = torch.softmax(z.detach(), dim=1)
+
+    def gv_autograd(t):
+        r = torch.autograd.grad(gz, dummy, t, retain_graph=True)[0]
+        b = (p_soft * r - p_soft * (p_soft * r).sum(1, keepdim=True)) / N
+        return [x + l2 * y for x, y in zip(torch.autograd.grad(z, ps, b, retain_graph=True), t)]
+    b = median_ms(lambda: gv_autograd(v), repeats)
+    out["gv per call"] = min((a, "func jvp+vjp"), (b, "autograd, graph kept"))
+    gr = torch.autograd.grad(f(*ps), ps, create_graph=True)
+    hv_auto = median_ms(lambda: torch.autograd.grad(gr, ps, v, retain_graph=True), repeats)
+    hv_func = median_ms(lambda: tf.jvp(tf.grad(f, argnums=tuple(range(len(params)))), tuple(params), tuple(v)), repeats)
+    out["hv per call"] = min((hv_auto, "double backward, graph kept"), (hv_func, "func jvp of grad"))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    peak = gemm_peak(args.repeats)
+    print(f"machine: {platform.machine()} {platform.processor() or ''} {CORES}-core CPU, {platform.system()}; "
+          f"float32; median of {args.repeats} after warm-up; threads={CORES} for all")
+    print(f"NumPy GEMM peak (float32 2048^3): {peak:.0f} GFLOP/s\n")
+    for make in WORKLOADS:
+        w = make()
+        if w is None:
+            print(f"(workload {make.__name__[:-9]} skipped: needs rgraph.nn.vgg and ops.conv2d)\n")
+            continue
+        batch = make_batch(w["graph"](), w["batch"], np.random.default_rng(0))
+        rows, floors, flops, prog = bench_rgraph(w, batch, args.repeats)
+        jx = bench_jax(w, batch, args.repeats, prog) or {}
+        th = bench_torch(w, batch, args.repeats, prog) or {}
+        print(f"== {w['name']}, batch {w['batch']} ==")
+        head = f"{'product':<24}{'rgraph ms':>10}{'GEMM floor':>11}{'x floor':>8}{'GFLOP/s':>9}{'% peak':>7}" \
+               f"{'JAX ms':>9}  {'(strategy)':<28}{'torch ms':>9}  {'(strategy)':<28}"
+        print(head)
+        print("-" * len(head))
+        for label, (ms, _, _) in rows.items():
+            gfs = flops[label] / (ms * 1e-3) / 1e9 if ms > 0 else float("nan")
+            j, t = jx.get(label), th.get(label)
+            print(f"{label:<24}{ms:>10.2f}{floors[label]:>11.2f}{ms / floors[label]:>8.2f}{gfs:>9.0f}"
+                  f"{100 * gfs / peak:>6.0f}%"
+                  f"{(f'{j[0]:.2f}' if j else '-'):>9}  {(j[1] if j else ''):<28}"
+                  f"{(f'{t[0]:.2f}' if t else '-'):>9}  {(t[1] if t else ''):<28}")
+        print()
+
+
+if __name__ == "__main__":
+    main()
