@@ -27,6 +27,7 @@ def fit(v: Value | None, target: Type) -> Value | None:
     if v is None or v.shape == target.shape:
         return v
     from rgraph import ops
+    from .op import broadcasts_to
     extra = v.ndim - len(target.shape)
     if extra >= 0:
         kept = v.shape[extra:]
@@ -37,16 +38,10 @@ def fit(v: Value | None, target: Type) -> Value | None:
             if extra:
                 v = ops.reshape(v, target.shape)
     if v.shape != target.shape:
-        if not _broadcastable(v.shape, target.shape):
+        if not broadcasts_to(v.shape, target.shape):
             raise ShapeError(f"cannot fit a derivative of shape {fmt_shape(v.shape)} to {fmt_shape(target.shape)}")
         v = ops.broadcast_to(v, target.shape)
     return v
-
-
-def _broadcastable(src, dst):
-    if len(src) > len(dst):
-        return False
-    return all(s == 1 or s == d for s, d in zip(src[::-1], dst[::-1]))
 
 
 def _differentiable(v: Value) -> bool:

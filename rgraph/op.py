@@ -168,6 +168,13 @@ def broadcast_shapes(*shapes):
     return tuple(out)
 
 
+def broadcasts_to(src, dst) -> bool:
+    """Whether shape ``src`` broadcasts to ``dst`` without changing ``dst`` (NumPy rules)."""
+    if len(src) > len(dst):
+        return False
+    return all(s == 1 or s == d for s, d in zip(src[::-1], dst[::-1]))
+
+
 def require_float(op, *types):
     for t in types:
         if not t.is_float:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import expr as ex
 from ..graph import FLOAT, Type, Value
-from ..op import Op
+from ..op import Op, broadcasts_to
 from .module import Module
 
 TARGETS = ("numexpr", "cuda")  # a kernel must print for every fusing backend, or it is not fused
@@ -358,7 +358,7 @@ def groups(module: Module) -> list[list[Value]]:
                 continue
             if shape_of[id(g)] == shape_of[id(group)] and all(compatible(m, n) for m in g):
                 merged = group | g
-            elif (len(g) == 1 and same_stage(i, n) and i not in entry_outputs and _broadcasts(i.shape, n.shape)
+            elif (len(g) == 1 and same_stage(i, n) and i not in entry_outputs and broadcasts_to(i.shape, n.shape)
                   and all(c is n or c in group for c in consumers[i])):
                 merged = group | g  # a small producer read only here: recomputed per element, inlined
             else:
@@ -375,12 +375,6 @@ def groups(module: Module) -> list[list[Value]]:
             seen.add(id(g))
             out.append(sorted(g, key=lambda v: v.id))
     return out
-
-
-def _broadcasts(small, big):
-    if len(small) > len(big):
-        return False
-    return all(a == 1 or a == b for a, b in zip(small[::-1], big[::-1]))
 
 
 def fuse(module: Module) -> Module:
