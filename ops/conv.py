@@ -1,13 +1,18 @@
-"""Convolution as im2col + one GEMM, built on one primitive pair: ``windows`` and its adjoint.
+"""Convolution as im2col + one GEMM, built on two pairs of linear primitives, each the other's VJP:
 
+    im2col(x)   (N, C, H, W) -> (N, Ho*Wo, C*kh*kw)      the patch matrix of a GEMM convolution
+    col2im(g)   (N, Ho*Wo, C*kh*kw) -> (N, C, H, W)      scatter-add each patch back (its adjoint)
     windows(x)  (N, C, H, W) -> (N, C, Ho, Wo, kh, kw)   every kh x kw window (a strided view)
-    windows_adjoint(g)        -> (N, C, H, W)            scatter-add each window back (col2im)
+    windows_adjoint(g)        -> (N, C, H, W)            scatter-add each window back
 
-Both are linear, and each one's VJP is the other, so every pass of a convolutional network, the
-Hessian pass included, is derived. Output size: floor((h + pad_top + pad_bottom - k) / s) + 1.
+Being linear and each other's VJP, every pass of a convolutional network, the Hessian pass included,
+is derived. Output size: floor((h + pad_top + pad_bottom - k) / s) + 1.
 
-    conv2d(x, W, b) = reshape(transpose(windows(x)), (N, Ho*Wo, C*kh*kw)) @ reshape(W, (O, C*kh*kw))^T
-                      -> transposed and reshaped to (N, O, Ho, Wo), plus b
+    conv2d(x, W, b) = im2col(x) @ reshape(W, (O, C*kh*kw))^T -> transposed to (N, O, Ho, Wo), plus b
+
+im2col and col2im copy or add whole blocks, one per kernel offset, through an NHWC staging buffer,
+so each block move runs over contiguous channel runs; they work per sample (``per_sample``), which lets
+the NumPy backend run them on cache-sized batch chunks across threads.
 """
 import numpy as np
 
@@ -124,12 +129,86 @@ def windows_adjoint(g, image, kernel, stride, padding):
     return windows_adjoint_op(g, image=tuple(image), kernel=tuple(kernel), stride=tuple(stride), padding=tuple(padding))
 
 
+def _offsets(kernel, stride, out_hw):
+    """For each kernel offset (i, j): the slices of a padded image that offset reads, over all windows."""
+    (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw)
+
+
+class Im2col(Op):
+    """The patch matrix of a zero-padded NCHW image: (N, C, H, W) -> (N, Ho*Wo, C*kh*kw), columns
+    ordered (C, kh, kw) to match ``W.reshape(O, -1)``. Linear; vjp: col2im(g). R{im2col(x)} = im2col(R{x})."""
+    name, linear_in, per_sample, writes_out = "im2col", (0,), True, True
+
+    def infer(self, x, kernel, stride, padding):
+        require_float(self, x)
+        if x.ndim != 4:
+            raise ShapeError(f"expects an NCHW input, got {fmt_shape(x.shape)}")
+        ho, wo = window_shape(x.shape[2:], kernel, stride, padding)
+        return Type((x.shape[0], ho * wo, x.shape[1] * kernel[0] * kernel[1]), FLOAT)
+
+    def forward(self, xp, x, kernel, stride, padding, out=None):
+        (kh, kw), ((pt, pb), (pl, pr)) = kernel, padding
+        n, c, h, w = x.shape
+        ho, wo = window_shape((h, w), kernel, stride, padding)
+        staged = xp.zeros((n, h + pt + pb, w + pl + pr, c), dtype=x.dtype)  # NHWC: channel runs contiguous
+        staged[:, pt:pt + h, pl:pl + w, :] = x.transpose(0, 2, 3, 1)
+        if out is None:
+            out = xp.empty((n, ho * wo, c * kh * kw), dtype=x.dtype)
+        blocks = out.reshape(n, ho, wo, c, kh, kw)
+        for i, j, rows, cols in _offsets(kernel, stride, (ho, wo)):
+            blocks[..., i, j] = staged[:, rows, cols, :]
+        return out
+
+    def vjp(self, node, g):
+        return [col2im(g, node.inputs[0].shape[1:], **_geometry(node))]
+
+
+class Col2im(Op):
+    """Scatter-add patches back into an image, cropping the padding: (N, Ho*Wo, C*kh*kw) -> (N, C, H, W).
+    The adjoint of im2col; vjp: im2col(g)."""
+    name, linear_in, per_sample, writes_out = "col2im", (0,), True, True
+
+    def infer(self, g, image, kernel, stride, padding):
+        require_float(self, g)
+        ho, wo = window_shape(image[1:], kernel, stride, padding)
+        expected = (ho * wo, image[0] * kernel[0] * kernel[1])
+        if g.ndim != 3 or g.shape[1:] != expected:
+            raise ShapeError(f"expects patches (N,) + {expected}, got {fmt_shape(g.shape)}")
+        return Type(g.shape[:1] + tuple(image), FLOAT)
+
+    def forward(self, xp, g, image, kernel, stride, padding, out=None):
+        (kh, kw), ((pt, pb), (pl, pr)) = kernel, padding
+        (c, h, w), n = image, g.shape[0]
+        ho, wo = window_shape((h, w), kernel, stride, padding)
+        blocks = g.reshape(n, ho, wo, c, kh, kw)
+        staged = xp.zeros((n, h + pt + pb, w + pl + pr, c), dtype=g.dtype)
+        for i, j, rows, cols in _offsets(kernel, stride, (ho, wo)):
+            staged[:, rows, cols, :] += blocks[..., i, j]
+        if out is None:
+            out = xp.empty((n, c, h, w), dtype=g.dtype)
+        out[...] = staged[:, pt:pt + h, pl:pl + w, :].transpose(0, 3, 1, 2)
+        return out
+
+    def vjp(self, node, g):
+        return [im2col(g, **_geometry(node))]
+
+
+im2col_op, col2im_op = register(Im2col()), register(Col2im())
+
+
 def im2col(x, kernel, stride=1, padding=0):
     """Patches (N, Ho*Wo, C*kh*kw), columns ordered (C, kh, kw) to match ``W.reshape(O, -1)``."""
     kernel, stride, padding = pair(kernel, "kernel"), pair(stride, "stride"), padding_pairs(padding)
-    win = windows(x, kernel, stride, padding)
-    n, c, ho, wo, kh, kw = win.shape
-    return reshape(transpose(win, (0, 2, 3, 1, 4, 5)), (n, ho * wo, c * kh * kw))
+    return im2col_op(x, kernel=kernel, stride=stride, padding=padding)
+
+
+def col2im(g, image, kernel, stride=1, padding=0):
+    """The adjoint of im2col: patches (N, Ho*Wo, C*kh*kw) summed back into an image of shape (C, H, W)."""
+    kernel, stride, padding = pair(kernel, "kernel"), pair(stride, "stride"), padding_pairs(padding)
+    return col2im_op(g, image=tuple(image), kernel=kernel, stride=stride, padding=padding)
 
 
 def conv2d(x, W, b=None, stride=1, padding=0):
@@ -162,8 +241,7 @@ def conv2d_input_grad(g, W, image, stride=1, padding=0):
     n, _, ho, wo = g.shape
     rows = reshape(transpose(reshape(g, (n, o, ho * wo)), (0, 2, 1)), (n, ho * wo, o))
     cols = matmul(rows, reshape(W, (o, c * kh * kw)))                           # (N, Ho*Wo, C*kh*kw)
-    win = transpose(reshape(cols, (n, ho, wo, c, kh, kw)), (0, 3, 1, 2, 4, 5))
-    return windows_adjoint(win, image, (kh, kw), stride, padding)
+    return col2im(cols, image, (kh, kw), stride, padding)
 
 
 def conv2d_weight_grad(x, g, kernel, stride=1, padding=0):

@@ -1,9 +1,10 @@
 """Pooling: gathers over the windows of ops/conv.py.
 
-Max pooling is ``gather(P, argmax(P))`` over the windows P: argmax is a non-differentiable auxiliary
-value, so R{maxpool} = gather(R{P}, argmax(P)) (R{P} taken where P is largest, not the max of R{P})
-and the VJP scatters g to the same positions. Ties go to the first maximum in window order (row-major
-over the kernel), as numpy.argmax and cupy.argmax both do: deterministic on both backends.
+Max pooling is ``pool_gather(x, pool_argmax(x))``: the argmax (each window's offset of its maximum) is
+a non-differentiable auxiliary value, so R{maxpool} = pool_gather(R{x}, argmax) (R{x} taken where x is
+largest, not the max of R{x}) and the VJP, pool_scatter, adds g at the same positions. Ties go to the
+first maximum in window order (row-major over the kernel), as numpy.argmax does. The kernels loop over
+kernel offsets only, each step one strided block of the whole batch.
 """
 import numpy as np
 
@@ -11,7 +12,7 @@ from rgraph.errors import ShapeError, fmt_shape
 from rgraph.graph import FLOAT, Type
 from rgraph.op import Op, register, require_float
 
-from .conv import padding_pairs, pair, window_shape, windows
+from .conv import _geometry, _offsets, padding_pairs, pair, window_shape, windows
 from .linalg import mean, reshape
 
 
@@ -80,6 +81,130 @@ def scatter(g, idx, size):
     return scatter_op(g, idx, size=int(size))
 
 
+def _padded(xp, x, padding, fill):
+    (pt, pb), (pl, pr) = padding
+    if pt or pb or pl or pr:
+        return xp.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=fill)
+    return x
+
+
+def _window_slices(image_hw, kernel, stride, padding):
+    """(k, rows, cols) for each kernel offset k in row-major window order."""
+    out_hw = window_shape(image_hw, kernel, stride, padding)
+    return [(k, rows, cols) for k, (i, j, rows, cols) in enumerate(_offsets(kernel, stride, out_hw))]
+
+
+class PoolArgmax(Op):
+    """The offset (row-major in the kh x kw window) of each window's first maximum of an NCHW image
+    padded with -inf: (N, C, H, W) -> int64 (N, C, Ho, Wo). A NaN counts as the maximum, as in
+    numpy.argmax. Carries no derivative."""
+    name, nondiff, per_sample, writes_out = "pool_argmax", (0,), True, True
+
+    def infer(self, x, kernel, stride, padding):
+        require_float(self, x)
+        if x.ndim != 4:
+            raise ShapeError(f"expects an NCHW input, got {fmt_shape(x.shape)}")
+        return Type(x.shape[:2] + window_shape(x.shape[2:], kernel, stride, padding), "int64")
+
+    def forward(self, xp, x, kernel, stride, padding, out=None):
+        slices = _window_slices(x.shape[2:], kernel, stride, padding)
+        x = _padded(xp, x, padding, -np.inf)
+        _, rows, cols = slices[0]
+        best = x[:, :, rows, cols].copy()
+        idx = xp.zeros(best.shape, dtype=np.int64) if out is None else out
+        idx[...] = 0
+        for k, rows, cols in slices[1:]:
+            window = x[:, :, rows, cols]
+            better = ~(window <= best) & (best == best)  # larger, or a first NaN; a NaN best stays
+            xp.copyto(best, window, where=better)
+            xp.copyto(idx, k, where=better)
+        return idx
+
+    def vjp(self, node, g):
+        return [None]
+
+
+class PoolGather(Op):
+    """y[n, c, i, j] = the entry of window (i, j) of the zero-padded x at offset idx[n, c, i, j].
+    Linear in x; vjp: pool_scatter(g, idx). R{y} = pool_gather(R{x}, idx)."""
+    name, linear_in, nondiff, per_sample, writes_out = "pool_gather", (0,), (1,), True, True
+
+    def infer(self, x, idx, kernel, stride, padding):
+        require_float(self, x)
+        expected = x.shape[:2] + window_shape(x.shape[2:], kernel, stride, padding)
+        if idx.dtype != "int64" or idx.shape != expected:
+            raise ShapeError(f"expects int64 offsets of shape {fmt_shape(expected)}, got {idx}")
+        return Type(idx.shape, FLOAT)
+
+    def forward(self, xp, x, idx, kernel, stride, padding, out=None):
+        slices = _window_slices(x.shape[2:], kernel, stride, padding)
+        x = _padded(xp, x, padding, 0.0)
+        out = xp.empty(idx.shape, dtype=x.dtype) if out is None else out
+        for k, rows, cols in slices:
+            if k == 0:
+                out[...] = x[:, :, rows, cols]
+            else:
+                xp.copyto(out, x[:, :, rows, cols], where=idx == k)
+        return out
+
+    def vjp(self, node, g):
+        x, idx = node.inputs
+        return [pool_scatter(g, idx, x.shape[1:], **_geometry(node)), None]
+
+
+class PoolScatter(Op):
+    """The adjoint of pool_gather: each g[n, c, i, j] added at offset idx[n, c, i, j] of window (i, j),
+    padding cropped: (N, C, Ho, Wo) -> (N, C, H, W). vjp: pool_gather(g, idx)."""
+    name, linear_in, nondiff, per_sample, writes_out = "pool_scatter", (0,), (1,), True, True
+
+    def infer(self, g, idx, image, kernel, stride, padding):
+        require_float(self, g)
+        expected = g.shape[:1] + (image[0],) + window_shape(image[1:], kernel, stride, padding)
+        if idx.dtype != "int64" or idx.shape != g.shape or g.shape != expected:
+            raise ShapeError(f"expects values and int64 offsets of shape {fmt_shape(expected)}, got {g} and {idx}")
+        return Type(g.shape[:1] + tuple(image), FLOAT)
+
+    def forward(self, xp, g, idx, image, kernel, stride, padding, out=None):
+        (c, h, w), ((pt, pb), (pl, pr)) = image, padding
+        padded = (g.shape[0], c, h + pt + pb, w + pl + pr)
+        if out is not None and padded == tuple(out.shape):
+            acc = out
+            acc[...] = 0
+        else:
+            acc = xp.zeros(padded, dtype=g.dtype)
+        overlapping = stride[0] < kernel[0] or stride[1] < kernel[1]
+        for k, rows, cols in _window_slices((h, w), kernel, stride, padding):
+            if overlapping:
+                acc[:, :, rows, cols] += xp.where(idx == k, g, 0)
+            else:  # windows are disjoint: each entry receives from at most one window
+                xp.copyto(acc[:, :, rows, cols], g, where=idx == k)
+        if acc is out:
+            return out
+        if out is None:
+            return acc[:, :, pt:pt + h, pl:pl + w]
+        out[...] = acc[:, :, pt:pt + h, pl:pl + w]
+        return out
+
+    def vjp(self, node, g):
+        return [pool_gather(g, node.inputs[1], **_geometry(node)), None]
+
+
+pool_argmax_op, pool_gather_op, pool_scatter_op = register(PoolArgmax()), register(PoolGather()), register(PoolScatter())
+
+
+def pool_argmax(x, kernel, stride, padding):
+    return pool_argmax_op(x, kernel=tuple(kernel), stride=tuple(stride), padding=tuple(padding))
+
+
+def pool_gather(x, idx, kernel, stride, padding):
+    return pool_gather_op(x, idx, kernel=tuple(kernel), stride=tuple(stride), padding=tuple(padding))
+
+
+def pool_scatter(g, idx, image, kernel, stride, padding):
+    return pool_scatter_op(g, idx, image=tuple(image), kernel=tuple(kernel), stride=tuple(stride),
+                           padding=tuple(padding))
+
+
 def _pool_geometry(x, kernel_size, stride, padding, what):
     if x.ndim != 4:
         raise ShapeError(f"{what} takes an NCHW input, got {x.type}")
@@ -99,10 +224,7 @@ def maxpool2d(x, kernel_size, stride=None, padding=0):
     kernel, stride, padding = _pool_geometry(x, kernel_size, stride, padding, "maxpool2d")
     if any(2 * p > k for pads, k in zip(padding, kernel) for p in pads):
         raise ShapeError(f"maxpool2d: padding {padding} must be at most half the kernel {kernel}")
-    win = windows(x, kernel, stride, padding, pad_value=-np.inf)
-    n, c, ho, wo, kh, kw = win.shape
-    flat = reshape(win, (n, c, ho, wo, kh * kw))
-    return gather(flat, argmax(flat))
+    return pool_gather(x, pool_argmax(x, kernel, stride, padding), kernel, stride, padding)
 
 
 def avgpool2d(x, kernel_size, stride=None, padding=0):

@@ -62,11 +62,16 @@ def as_value(x) -> Value:
 class Op:
     """Base class of every op. Subclasses set ``name`` and define ``infer``, ``forward`` and ``vjp``;
     ``rop`` is derived unless given. ``nondiff`` lists inputs with no derivative (labels, indices);
-    ``linear_in`` declares multilinearity in those inputs."""
+    ``linear_in`` declares multilinearity in those inputs. Two kernel declarations let backends run it
+    faster: ``writes_out`` (``forward`` takes ``out=``, a preallocated result the runtime may pass) and
+    ``per_sample`` (every input and the output have the batch on axis 0 and sample n of the output
+    depends only on sample n of the inputs, so the batch may be split into chunks)."""
 
     name: str = None
     linear_in: tuple = ()
     nondiff: tuple = ()
+    writes_out = False
+    per_sample = False
     kind = "primitive"  # "elementwise" ops may be fused; "gemm" ops are counted by the cost model
     is_leaf = False
 

@@ -60,6 +60,8 @@ def test_conv_adjoints_and_windows_rules():
     assert rg.check_op(lambda g, W: ops.conv2d_input_grad(g, W, (2, 5, 5), stride=2, padding=1), (2, 3, 3, 3), (3, 2, 3, 3)).ok
     assert rg.check_op(lambda x, g: ops.conv2d_weight_grad(x, g, 3, stride=2, padding=1), (2, 2, 5, 5), (2, 3, 3, 3)).ok
     assert rg.check_op(lambda x: ops.im2col(x, 3, 2, 1), (2, 2, 5, 4)).ok
+    assert rg.check_op(lambda x: ops.im2col(x, (3, 2), (2, 1), ((1, 0), (0, 2))), (2, 3, 5, 6)).ok
+    assert rg.check_op(lambda g: ops.col2im(g, (3, 5, 6), (3, 2), (2, 1), ((1, 0), (0, 2))), (2, 14, 18)).ok
     assert rg.check_op(lambda x: ops.windows(x, (2, 2), (1, 2), ((1, 0), (0, 1))), (1, 2, 4, 5)).ok
     assert rg.check_op(lambda g: ops.windows_adjoint(g, (2, 4, 5), (2, 2), (1, 2), ((1, 0), (0, 1))), (1, 2, 4, 3, 2, 2)).ok
 
@@ -77,6 +79,61 @@ def test_conv_adjoints_are_the_transposes_of_conv2d():
 
 
 POOL_CASES = [(2, None, 0), (3, 1, 1), (3, 2, 1), (2, 1, 0), ((3, 2), (2, 1), (1, 0))]
+
+
+@pytest.mark.parametrize("kernel, stride, padding", POOL_CASES)
+def test_pool_primitive_rules_at_fixed_offsets(kernel, stride, padding):
+    """pool_gather and pool_scatter are linear in their values and each other's VJP; last-axis
+    gather/scatter of argmax likewise."""
+    from rgraph.ops.conv import pair, padding_pairs
+    k, p = pair(kernel, "k"), padding_pairs(padding)
+    s = k if stride is None else pair(stride, "s")
+    x = distinct(2, 2, 5, 5)
+    idx = ops.pool_argmax_op.forward(np, x, kernel=k, stride=s, padding=p)
+    assert rg.check_op(lambda v: ops.pool_gather(v, idx, k, s, p), x.shape).ok
+    assert rg.check_op(lambda g: ops.pool_scatter(g, idx, x.shape[1:], k, s, p), idx.shape).ok
+    assert rg.check_op(lambda v: ops.gather(v, ops.argmax(v)), distinct(3, 4, 5)).ok
+    assert rg.check_op(lambda g: ops.scatter(g, rng.integers(0, 5, (3, 4)), 5), (3, 4)).ok
+
+
+def test_max_pooling_propagates_nan_like_numpy_argmax():
+    x = np.array([[[[1.0, np.nan], [5.0, np.nan]]]])
+    X = leaf(PARAM, "x", x.shape)
+    assert rg.evaluate(ops.pool_argmax(X, (2, 2), (2, 2), ((0, 0), (0, 0))), {X: x}).item() == 1
+    assert np.isnan(rg.evaluate(ops.maxpool2d(X, 2), {X: x}).item())
+    g = rg.Graph("pool")   # in a program: a NaN made inside the network (log of a negative) comes through
+    b = g.param("b", (1,), init="zeros")
+    z = g.output(ops.flatten(ops.maxpool2d(ops.log(g.input("x", (None, 1, 2, 2)) + b), 2)))
+    g.set_loss(ops.mean(z))
+    with np.errstate(invalid="ignore"):
+        out = rg.compile(g, dtype="float64").bind(np.zeros(1), {"x": np.array([[[[1.0, -1.0], [5.0, 2.0]]]])}).output
+    assert np.isnan(out).all()
+
+
+@pytest.mark.parametrize("kernel, stride, padding", POOL_CASES + [((2, 3), (2, 3), ((0, 1), (0, 0)))])
+def test_numpy_backend_pool_and_patch_kernels_match_the_reference_kernels(kernel, stride, padding, monkeypatch):
+    """The NumPy backend's numexpr pooling kernels and its batch-chunked, threaded per-sample kernels
+    (forced to one-sample chunks here) give the ops' own kernels' results, with and without out=."""
+    from rgraph.backends import numpy as nb
+    from rgraph.ops.conv import pair, padding_pairs
+    monkeypatch.setattr(nb, "CHUNK_BYTES", 1)
+    geo = dict(kernel=pair(kernel, "k"), stride=pair(kernel if stride is None else stride, "s"),
+               padding=padding_pairs(padding))
+    x = rng.integers(0, 3, (5, 3, 7, 6)).astype(np.float32)   # ties: the first maximum must win
+    be = nb.BACKEND
+    for op, args in [(ops.pool_argmax_op, (x,)), (ops.im2col_op, (x,))]:
+        ref = op.forward(np, *args, **geo)
+        np.testing.assert_array_equal(be.kernel(op)(np, *args, **geo), ref)
+    idx = ops.pool_argmax_op.forward(np, x, **geo)
+    g = rng.standard_normal(idx.shape).astype(np.float32)
+    cols = rng.standard_normal(ops.im2col_op.forward(np, x, **geo).shape).astype(np.float32)
+    for op, args, attrs in [(ops.pool_gather_op, (x, idx), geo), (ops.pool_scatter_op, (g, idx), dict(geo, image=x.shape[1:])),
+                            (ops.col2im_op, (cols,), dict(geo, image=x.shape[1:]))]:
+        ref = op.forward(np, *args, **attrs)
+        out = np.full(ref.shape, np.nan, np.float32)
+        np.testing.assert_allclose(be.kernel(op)(np, *args, **attrs), ref, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(be.kernel(op)(np, *args, out=out, **attrs), ref, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("kernel, stride, padding", POOL_CASES)

@@ -2,7 +2,9 @@
 compiler for fused elementwise kernels (numexpr on the CPU, generated CUDA C on the GPU).
 
 A kernel has the op's ``forward`` signature ``kernel(xp, *arrays, **attrs)``; kernels listed in
-``out_kernels`` also take ``out=`` (the runtime passes a preallocated buffer in the vector stage).
+``out_kernels``, and those of ops declaring ``writes_out``, also take ``out=`` (the runtime passes a
+preallocated buffer in the vector stage). ``per_sample(op, kernel)``, when a backend gives it, wraps the
+kernel of an op declaring ``per_sample`` (the NumPy backend runs it on batch chunks across threads).
 """
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ import numpy as np
 class Backend:
     """``xp`` is the array namespace (NumPy or CuPy); ``kernels`` maps op names to faster kernels with the
     op's ``forward`` signature; ``out_kernels`` those that also write into ``out=``; ``fused(op, dtype)``
-    compiles a fused elementwise kernel. Everything else runs the op's own kernel against ``xp``."""
+    compiles a fused elementwise kernel; ``per_sample(op, kernel)`` wraps the kernels of per-sample ops.
+    Everything else runs the op's own kernel against ``xp``."""
 
-    def __init__(self, name, xp, kernels=None, out_kernels=None, fused=None):
+    def __init__(self, name, xp, kernels=None, out_kernels=None, fused=None, per_sample=None):
         self.name, self.xp, self.kernels = name, xp, dict(kernels or {})
         self.out_kernels = dict(out_kernels or {})
-        self._fused_compiler = fused
+        self._fused_compiler, self._per_sample = fused, per_sample
         self._fused_cache = {}
 
     def kernel(self, op, dtype=None):
@@ -27,13 +30,16 @@ class Backend:
                 self._fused_cache[key] = (op, self._fused_compiler(op, np.dtype(dtype or "float64"))
                                           if self._fused_compiler else op.forward)
             return self._fused_cache[key][1]
-        return self.out_kernels.get(op.name) or self.kernels.get(op.name, op.forward)
+        kernel = self.out_kernels.get(op.name) or self.kernels.get(op.name)
+        if kernel is None:  # the op's own kernel; a per-sample one may be split over the batch
+            kernel = self._per_sample(op, op.forward) if op.per_sample and self._per_sample else op.forward
+        return kernel
 
     def writes_out(self, op) -> bool:
         """Whether ``op``'s kernel here writes into a given ``out=`` buffer."""
-        if op.kind == "fused":
+        if op.kind == "fused" or op.name in self.out_kernels:
             return True
-        return op.name in self.out_kernels
+        return op.writes_out and op.name not in self.kernels
 
     def in_place(self, op) -> bool:
         """Whether ``op``'s kernel may write over one of its (same-shaped) inputs: a one-output fused

@@ -2,7 +2,12 @@
 back to the reference interpreter, ``expr.evaluate``, when numexpr is missing)."""
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+
+from ..graph import FLOAT, Type
 
 from . import OUT_KERNELS, Backend
 
@@ -12,16 +17,32 @@ except ImportError:  # pragma: no cover - numexpr is a dependency; this keeps a 
     numexpr = None
 
 
+def _split_call(text):
+    """``("exp", "(a + b)")`` when ``text`` is one transcendental call ``exp((a + b))``, else None."""
+    from ..compiler.fuse import CALLS
+    head, _, rest = text.partition("(")
+    if head not in CALLS or not rest.endswith(")"):
+        return None
+    depth = 0
+    for ch in rest[:-1]:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth < 0:
+            return None  # the call closes before the end: ``exp(a) * b``
+    return head, rest[:-1]
+
+
 class NumexprKernel:
-    """A fused kernel as numexpr statements: temporaries (shared transcendental terms) then one
-    expression per output. Constants are typed scalars of the program dtype, so float32 stays float32."""
+    """A fused kernel as numexpr statements: temporaries then one expression per output. Constants are
+    typed scalars of the program dtype, so float32 stays float32. Each transcendental call is its own
+    statement, evaluated by a NumPy ufunc in place on its numexpr-computed argument: NumPy's SIMD exp and
+    tanh run several times faster than numexpr's without Intel VML (measured in float32, 2 cores)."""
 
     def __init__(self, op, dtype):
         from ..compiler.fuse import numexpr_program
         self.op, self.dtype = op, np.dtype(dtype)
         program, consts = numexpr_program(op)
         self.consts = {name: self.dtype.type(v) for name, v in consts.items()}
-        self.program = [(n, s, int(n[3:]) if n.startswith("out") else None) for n, s in program]
+        self.program = [(n, s, int(n[3:]) if n.startswith("out") else None, _split_call(s)) for n, s in program]
         self.n_out = len(op.exprs)
         # an output whose expression reads an input of the full output shape can be written in place
         full = {p for p, t in zip(op.params, op.in_types, strict=True) if tuple(t.shape) == op.out_shape}
@@ -33,17 +54,39 @@ class NumexprKernel:
         env = dict(zip(self.op.params, arrays, strict=True))
         env.update(self.consts)
         results = [None] * self.n_out
-        for name, text, k in self.program:
+        with np.errstate(over="ignore", under="ignore"):  # exp(-a) = inf is sigmoid's exact limit 0;
+            return self._run(env, shape, out)          # numexpr statements never warn either
+
+    def _run(self, env, shape, out):
+        results = [None] * self.n_out
+        for name, text, k, call in self.program:
+            target = None if out is None or k is None else out[k]
+            if call is not None:
+                env[name] = self._call(call, env, shape if k is not None else None, target)
+                if k is not None:
+                    results[k] = env[name]
+                continue
             if k is None:
                 env[name] = numexpr.evaluate(text, local_dict=env)
                 continue
-            target = None if out is None else out[k]
             if self.full[k]:
                 r = numexpr.evaluate(text, local_dict=env, out=target, casting="unsafe")
             else:  # a constant or an expression over broadcast inputs only: broadcast it into place
                 r = self._broadcast(numexpr.evaluate(text, local_dict=env), shape, target)
             env[name] = results[k] = r
         return results[0] if self.n_out == 1 else tuple(results)
+
+    def _call(self, call, env, shape, target):
+        """One ufunc call: into ``target``, else in place over a freshly computed argument."""
+        fn, arg = call
+        ufunc = getattr(np, fn)
+        fresh = arg not in env
+        value = numexpr.evaluate(arg, local_dict=env) if fresh else env[arg]
+        if target is not None:
+            return ufunc(value, out=target)
+        if shape is not None and tuple(np.shape(value)) != tuple(shape):  # an output over broadcast inputs
+            return ufunc(np.broadcast_to(value, shape))
+        return ufunc(value, out=value) if fresh and isinstance(value, np.ndarray) else ufunc(value)
 
     def _broadcast(self, r, shape, target):
         if target is None:
@@ -58,4 +101,81 @@ def compile_fused(op, dtype):
     return NumexprKernel(op, dtype)
 
 
-BACKEND = Backend("numpy", np, out_kernels=OUT_KERNELS, fused=compile_fused)
+# --- max pooling's gather and scatter as numexpr passes over the window slices (threaded) --------------
+
+def _slices(x, kernel, stride, padding, fill):
+    from rgraph.ops.pool import _padded, _window_slices
+    slices = _window_slices(x.shape[2:], kernel, stride, padding)
+    x = _padded(np, x, padding, fill)
+    return [x[:, :, rows, cols] for _, rows, cols in slices]
+
+
+def pool_gather(xp, x, idx, kernel, stride, padding, out=None):
+    s = _slices(x, kernel, stride, padding, 0.0)
+    text = "s0"
+    for k in range(1, len(s)):
+        text = f"where(i == {k}, s{k}, {text})"
+    env = {f"s{k}": v for k, v in enumerate(s)}
+    env["i"] = idx
+    return numexpr.evaluate(text, local_dict=env, out=out)
+
+
+def pool_scatter(xp, g, idx, image, kernel, stride, padding, out=None):
+    """Disjoint windows (stride >= kernel): one pass per offset writes its strided block of the image;
+    overlapping windows accumulate, with the op's own kernel."""
+    from rgraph.ops.pool import PoolScatter, _window_slices
+    (c, h, w), ((pt, pb), (pl, pr)) = image, padding
+    if stride[0] < kernel[0] or stride[1] < kernel[1]:
+        return PoolScatter.forward(None, np, g, idx, image, kernel, stride, padding, out=out)
+    padded = (g.shape[0], c, h + pt + pb, w + pl + pr)
+    out = np.empty(g.shape[:2] + (h, w), g.dtype) if out is None else out
+    acc = out if padded == out.shape else np.empty(padded, g.dtype)
+    if tuple(g.shape[2:]) != (padded[2] // kernel[0], padded[3] // kernel[1]) or \
+            padded[2] % kernel[0] or padded[3] % kernel[1]:
+        acc[...] = 0  # some entries lie in no window
+    for k, rows, cols in _window_slices((h, w), kernel, stride, padding):
+        numexpr.evaluate(f"where(i == {k}, g, 0)", local_dict={"i": idx, "g": g}, out=acc[:, :, rows, cols],
+                         casting="unsafe")
+    if acc is not out:
+        out[...] = acc[:, :, pt:pt + h, pl:pl + w]
+    return out
+
+
+CHUNK_BYTES = 4 << 20   # a batch chunk's largest array: about what two cores' L2 caches hold
+_pool = None
+
+
+def workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def split_batch(op, kernel):
+    """Run a per-sample op's kernel on cache-sized chunks of the batch, in parallel threads (NumPy
+    releases the GIL in copies and arithmetic). Each chunk writes its slice of one output array."""
+    def run(xp, *arrays, out=None, **attrs):
+        n = arrays[0].shape[0]
+        if out is None:
+            out = _allocate(op, arrays, attrs)
+        per_sample = max(a.nbytes for a in arrays + (out,)) // max(n, 1)
+        chunk = max(1, min(CHUNK_BYTES // max(per_sample, 1), -(-n // workers())))
+        if chunk >= n:
+            return kernel(xp, *arrays, out=out, **attrs)
+        global _pool
+        if _pool is None:
+            _pool = ThreadPoolExecutor(workers(), thread_name_prefix="rgraph-chunk")
+        list(_pool.map(lambda s: kernel(xp, *(a[s:s + chunk] for a in arrays), out=out[s:s + chunk], **attrs),
+                       range(0, n, chunk)))
+        return out
+    return run
+
+
+def _allocate(op, arrays, attrs):
+    types = [Type(a.shape, FLOAT if a.dtype.kind == "f" else a.dtype.name) for a in arrays]
+    result = op.infer(*types, **attrs)
+    floats = [a.dtype for a in arrays if a.dtype.kind == "f"]
+    return np.empty(result.shape, floats[0] if result.is_float else result.dtype)
+
+
+NUMEXPR_KERNELS = {"pool_gather": pool_gather, "pool_scatter": pool_scatter}
+BACKEND = Backend("numpy", np, out_kernels={**OUT_KERNELS, **(NUMEXPR_KERNELS if numexpr else {})},
+                  fused=compile_fused, per_sample=split_batch)

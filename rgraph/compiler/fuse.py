@@ -103,7 +103,8 @@ def statements(exprs, target, temps="shared", names=None):
 
     ``temps``: "shared" makes every subexpression used more than once a temporary (free in registers:
     CUDA); "transcendental" only those holding a transcendental (numexpr materialises temporaries as
-    arrays, so cheap shared terms are recomputed instead). ``names`` may pre-name nodes (constants)."""
+    arrays, so cheap shared terms are recomputed instead); "calls" those and every transcendental call
+    (the NumPy backend evaluates each call with a NumPy ufunc). ``names`` may pre-name nodes (constants)."""
     exprs = [expand(e, target) for e in exprs]
     names = dict(names or {})
     temp_nodes = set(_temp_nodes(exprs, temps))
@@ -156,7 +157,7 @@ class Fused(Op):
 
     def flops(self, shapes, attrs):
         (_, out) = shapes
-        return int(np.prod(out, dtype=np.int64)) * max(1, len(_all_ops_many(self.exprs)))
+        return int(np.prod(out, dtype=np.int64)) * max(1, len(_postorder(self.exprs)))
 
     def attrs_key(self, attrs):
         return ()
@@ -176,10 +177,6 @@ class Fused(Op):
         raise ValueError(f"unknown target {target!r}; use 'numpy', 'numexpr' or 'cuda'")
 
 
-def _all_ops_many(exprs):
-    return _postorder(exprs)
-
-
 def numexpr_program(op):
     """``([(name, numexpr string)], {const name: value})``: constants become typed variables c0, c1, ...
     because numexpr evaluates float literals in float64 and would upcast a float32 kernel."""
@@ -193,7 +190,7 @@ def numexpr_program(op):
         if e.op == "const" and e not in names:
             names[e] = f"c{len(names)}"
     consts = {name: c.value for c, name in names.items()}
-    return statements(exprs, "numexpr", "transcendental", names), consts
+    return statements(exprs, "numexpr", "calls", names), consts
 
 
 def _temp_nodes(exprs, temps):
@@ -205,11 +202,15 @@ def _temp_nodes(exprs, temps):
         uses[e] = uses.get(e, 0) + 1
     out = []
     for n in _postorder(exprs):
-        if uses.get(n, 0) >= 2 and n not in exprs and n.op not in ex.COMPARISONS:
-            if temps == "shared" or any(o.op in ("exp", "log", "log1p", "tanh", "sqrt", "pow", "div")
-                                        for o in _all_ops(n)):
+        if temps == "calls" and n.op in CALLS and n not in exprs:
+            out.append(n)
+        elif uses.get(n, 0) >= 2 and n not in exprs and n.op not in ex.COMPARISONS:
+            if temps == "shared" or any(o.op in CALLS + ("pow", "div") for o in _all_ops(n)):
                 out.append(n)
     return out
+
+
+CALLS = ("exp", "log", "log1p", "tanh", "sqrt")  # transcendental calls
 
 
 C_TYPES = {"float32": "float", "float64": "double", "bool": "bool"}
