@@ -1,6 +1,6 @@
 """Time rgraph's products against JAX and PyTorch in one run (CPU, float32).
 
-    python bench/products.py [--repeats 7] [--quick]
+    python bench/products.py [--repeats 7] [--workloads mlp,vgg-mini,vgg11]
 
 For each workload (a table below; the CNN rows appear once ``rgraph.nn.vgg``/``ops.conv2d`` exist):
 forward+loss, gradient, jv, jtu, gv (its one-off batch stage and its per-call vector stage), hv, each the
@@ -59,11 +59,20 @@ def vgg_mini_workload():
     if not hasattr(rg.nn, "small_cnn") or not hasattr(rg.ops, "conv2d"):
         return None
     return dict(name="VGG-mini 3x32x32 (32-64-128 conv, dense 2048-10) swish", kind="cnn", batch=128,
+                pools=[True, True, True],
                 graph=lambda: rg.nn.small_cnn(input_shape=(3, 32, 32), num_classes=10, channels=(32, 64, 128),
                                               l2=1e-3))
 
 
-WORKLOADS = [mlp_workload, vgg_mini_workload]
+def vgg11_workload():
+    """Canonical VGG11 (configuration A: 8 convolutions, 5 max poolings) on 3x32x32, swish."""
+    config = rg.nn.VGG_CONFIGS["vgg11"]
+    pools = [k + 1 < len(config) and config[k + 1] == "M" for k, c in enumerate(config) if c != "M"]
+    return dict(name="VGG11 3x32x32 swish", kind="cnn", batch=32, pools=pools,
+                graph=lambda: rg.nn.vgg("vgg11", input_shape=(3, 32, 32), num_classes=10, l2=1e-3))
+
+
+WORKLOADS = {"mlp": mlp_workload, "vgg-mini": vgg_mini_workload, "vgg11": vgg11_workload}
 
 
 def make_batch(g, n, rng):
@@ -145,15 +154,18 @@ def bench_jax(w, batch, repeats, prog):
     l2, N = prog.l2, X.shape[0]
 
     # data and parameters are arguments, never closed over: XLA would constant-fold GEMMs on them
+    pools = w.get("pools", [])
+
     def net(p, X):
         h = X
         for i in range(0, len(p), 2):
             W, b = p[i], p[i + 1]
-            if W.ndim == 4:  # conv 3x3, padding 1, NCHW/OIHW, then swish and 2x2 max pooling
+            if W.ndim == 4:  # conv 3x3, padding 1, NCHW/OIHW, then swish (and 2x2 max pooling)
                 a = jax.lax.conv_general_dilated(h, W, (1, 1), ((1, 1), (1, 1)),
                                                  dimension_numbers=("NCHW", "OIHW", "NCHW")) + b.reshape(1, -1, 1, 1)
                 h = a * jax.nn.sigmoid(a)
-                h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+                if pools[i // 2]:
+                    h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
             else:
                 a = h.reshape(h.shape[0], -1) @ W + b
                 h = a * jax.nn.sigmoid(a) if i + 2 < len(p) else a
@@ -217,13 +229,15 @@ def bench_torch(w, batch, repeats, prog):
     X, Y = torch.tensor(batch["x"]), torch.tensor(batch["y"])
     l2, N = prog.l2, X.shape[0]
     F = torch.nn.functional
+    pools = w.get("pools", [])
 
     def net(*p):
         h = X
         for i in range(0, len(p), 2):
             W, b = p[i], p[i + 1]
             if W.ndim == 4:
-                h = F.max_pool2d(F.silu(F.conv2d(h, W, b.reshape(-1), padding=1)), 2)
+                h = F.silu(F.conv2d(h, W, b.reshape(-1), padding=1))
+                h = F.max_pool2d(h, 2) if pools[i // 2] else h
             else:
                 h = h.reshape(h.shape[0], -1) @ W + b
                 h = F.silu(h) if i + 2 < len(p) else h
@@ -272,12 +286,17 @@ def bench_torch(w, batch, repeats, prog):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
+                    help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
     args = ap.parse_args()
+    unknown = set(args.workloads.split(",")) - set(WORKLOADS)
+    if unknown:
+        ap.error(f"unknown workloads {sorted(unknown)}; choose from {sorted(WORKLOADS)}")
     peak = gemm_peak(args.repeats)
     print(f"machine: {platform.machine()} {platform.processor() or ''} {CORES}-core CPU, {platform.system()}; "
           f"float32; median of {args.repeats} after warm-up; threads={CORES} for all")
     print(f"NumPy GEMM peak (float32 2048^3): {peak:.0f} GFLOP/s\n")
-    for make in WORKLOADS:
+    for make in (WORKLOADS[name] for name in args.workloads.split(",")):
         w = make()
         if w is None:
             print(f"(workload {make.__name__[:-9]} skipped: needs rgraph.nn.vgg and ops.conv2d)\n")

@@ -101,13 +101,29 @@ def compile_fused(op, dtype):
     return NumexprKernel(op, dtype)
 
 
-# --- max pooling's gather and scatter as numexpr passes over the window slices (threaded) --------------
+# --- max pooling: whole-batch passes over the window slices (numexpr: one threaded pass) -------------
 
 def _slices(x, kernel, stride, padding, fill):
     from rgraph.ops.pool import _padded, _window_slices
     slices = _window_slices(x.shape[2:], kernel, stride, padding)
     x = _padded(np, x, padding, fill)
     return [x[:, :, rows, cols] for _, rows, cols in slices]
+
+
+def pool_argmax(xp, x, kernel, stride, padding, out=None):
+    """The window maxima m by NumPy's SIMD maximum (NaN-propagating), then in one numexpr pass the
+    first offset k with s_k == m, or with s_k NaN (then m is NaN): numpy.argmax's rule."""
+    s = _slices(x, kernel, stride, padding, -np.inf)
+    m = np.maximum(s[0], s[1]) if len(s) > 1 else s[0]
+    for window in s[2:]:
+        np.maximum(m, window, out=m)
+    text = str(len(s) - 1)
+    for k in reversed(range(len(s) - 1)):
+        text = f"where((s{k} == m) | (s{k} != s{k}), {k}, {text})"
+    env = {f"s{k}": v for k, v in enumerate(s)}
+    env["m"] = m
+    out = np.empty(m.shape, np.int64) if out is None else out
+    return numexpr.evaluate(text, local_dict=env, out=out, casting="unsafe")
 
 
 def pool_gather(xp, x, idx, kernel, stride, padding, out=None):
@@ -134,8 +150,7 @@ def pool_scatter(xp, g, idx, image, kernel, stride, padding, out=None):
             padded[2] % kernel[0] or padded[3] % kernel[1]:
         acc[...] = 0  # some entries lie in no window
     for k, rows, cols in _window_slices((h, w), kernel, stride, padding):
-        numexpr.evaluate(f"where(i == {k}, g, 0)", local_dict={"i": idx, "g": g}, out=acc[:, :, rows, cols],
-                         casting="unsafe")
+        np.multiply(g, idx == k, out=acc[:, :, rows, cols])  # g * [idx = k]: a non-finite g spreads
     if acc is not out:
         out[...] = acc[:, :, pt:pt + h, pl:pl + w]
     return out
@@ -176,6 +191,6 @@ def _allocate(op, arrays, attrs):
     return np.empty(result.shape, floats[0] if result.is_float else result.dtype)
 
 
-NUMEXPR_KERNELS = {"pool_gather": pool_gather, "pool_scatter": pool_scatter}
+NUMEXPR_KERNELS = {"pool_argmax": pool_argmax, "pool_gather": pool_gather, "pool_scatter": pool_scatter}
 BACKEND = Backend("numpy", np, out_kernels={**OUT_KERNELS, **(NUMEXPR_KERNELS if numexpr else {})},
                   fused=compile_fused, per_sample=split_batch)
