@@ -18,7 +18,7 @@ import numpy as np
 
 from rgraph.errors import ShapeError, fmt_shape
 from rgraph.graph import FLOAT, Type
-from rgraph.op import Op, register, require_float
+from rgraph.op import Op, empty, register, require_float
 
 from .linalg import matmul, reshape, transpose
 
@@ -170,6 +170,7 @@ class Col2im(Op):
     """Scatter-add patches back into an image, cropping the padding: (N, Ho*Wo, C*kh*kw) -> (N, C, H, W).
     The adjoint of im2col; vjp: im2col(g)."""
     name, linear_in, per_sample, writes_out = "col2im", (0,), True, True
+    out_order = (0, 2, 3, 1)  # NHWC in memory: the copy out of the NHWC staging runs over channels
 
     def infer(self, g, image, kernel, stride, padding):
         require_float(self, g)
@@ -188,7 +189,7 @@ class Col2im(Op):
         for i, j, rows, cols in _offsets(kernel, stride, (ho, wo)):
             staged[:, rows, cols, :] += blocks[..., i, j]
         if out is None:
-            out = xp.empty((n, c, h, w), dtype=g.dtype)
+            out = empty(xp, (n, c, h, w), g.dtype, self.out_order)
         out[...] = staged[:, pt:pt + h, pl:pl + w, :].transpose(0, 3, 1, 2)
         return out
 

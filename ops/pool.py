@@ -10,7 +10,7 @@ import numpy as np
 
 from rgraph.errors import ShapeError, fmt_shape
 from rgraph.graph import FLOAT, Type
-from rgraph.op import Op, register, require_float
+from rgraph.op import Op, empty, register, require_float
 
 from .conv import _geometry, _offsets, padding_pairs, pair, window_shape, windows
 from .linalg import mean, reshape
@@ -156,6 +156,7 @@ class PoolScatter(Op):
     """The adjoint of pool_gather: each g[n, c, i, j] added at offset idx[n, c, i, j] of window (i, j),
     padding cropped: (N, C, Ho, Wo) -> (N, C, H, W). vjp: pool_gather(g, idx)."""
     name, linear_in, nondiff, per_sample, writes_out = "pool_scatter", (0,), (1,), True, True
+    out_order = (0, 2, 3, 1)  # NHWC in memory: the next GEMM reads this cotangent as (N*H*W, C) rows
 
     def infer(self, g, idx, image, kernel, stride, padding):
         require_float(self, g)
@@ -169,19 +170,19 @@ class PoolScatter(Op):
         padded = (g.shape[0], c, h + pt + pb, w + pl + pr)
         if out is not None and padded == tuple(out.shape):
             acc = out
-            acc[...] = 0
         else:
-            acc = xp.zeros(padded, dtype=g.dtype)
+            acc = empty(xp, padded, g.dtype, self.out_order)
+        acc[...] = 0
         overlapping = stride[0] < kernel[0] or stride[1] < kernel[1]
         for k, rows, cols in _window_slices((h, w), kernel, stride, padding):
             if overlapping:
                 acc[:, :, rows, cols] += xp.where(idx == k, g, 0)
             else:  # windows are disjoint: each entry receives from at most one window
                 xp.copyto(acc[:, :, rows, cols], g, where=idx == k)
-        if acc is out:
-            return out
+        if acc is out or out is None and padded[2:] == (h, w):
+            return acc
         if out is None:
-            return acc[:, :, pt:pt + h, pl:pl + w]
+            out = empty(xp, g.shape[:2] + (h, w), g.dtype, self.out_order)
         out[...] = acc[:, :, pt:pt + h, pl:pl + w]
         return out
 

@@ -65,13 +65,16 @@ class Op:
     ``linear_in`` declares multilinearity in those inputs. Two kernel declarations let backends run it
     faster: ``writes_out`` (``forward`` takes ``out=``, a preallocated result the runtime may pass) and
     ``per_sample`` (every input and the output have the batch on axis 0 and sample n of the output
-    depends only on sample n of the inputs, so the batch may be split into chunks)."""
+    depends only on sample n of the inputs, so the batch may be split into chunks). ``out_order``: the
+    memory order of the output's axes when the kernel allocates it (None: C order; (0, 2, 3, 1) lays
+    an NCHW result out as NHWC, the order of GEMM rows over pixels)."""
 
     name: str = None
     linear_in: tuple = ()
     nondiff: tuple = ()
     writes_out = False
     per_sample = False
+    out_order = None
     kind = "primitive"  # "elementwise" ops may be fused; "gemm" ops are counted by the cost model
     is_leaf = False
 
@@ -132,6 +135,13 @@ class Op:
 
     def __repr__(self):
         return f"<op {self.name}>"
+
+
+def empty(xp, shape, dtype, order=None):
+    """An uninitialised array of ``shape`` whose axes lie in memory in ``order`` (None: C order)."""
+    if order is None:
+        return xp.empty(shape, dtype=dtype)
+    return xp.empty(tuple(shape[a] for a in order), dtype=dtype).transpose(tuple(np.argsort(order)))
 
 
 def _freeze(v):

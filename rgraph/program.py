@@ -14,6 +14,7 @@ import numpy as np
 from .compiler import ENTRIES
 from .errors import BindError, fmt_shape
 from .graph import CONST, COTANGENT, FLOAT, INITS, INPUT, PARAM, TANGENT
+from .op import empty
 
 SEEDED = {"jv": "v", "jtu": "u", "gv": "v", "hv": "v", "taps": "u"}
 
@@ -136,39 +137,56 @@ class Program:
     def instructions(self, entry: str, n: int):
         """The (batch, vector) instruction lists of ``entry`` for batch size ``n``.
 
-        Vector-stage instructions write into buffers preallocated here for this batch size (reused
-        across nodes by liveness, see compiler.schedule.plan_buffers), so a steady-state product call
-        allocates nothing as large as an activation on the NumPy backend.
+        Until the entry's first call at this batch size, the vector stage's kernels allocate their
+        results; that call records the memory order each kernel chose (a kernel over a transposed GEMM
+        result keeps the GEMM's order, so the transposes around a convolution stay views), and from then
+        on the vector stage writes into buffers preallocated in those orders and reused by liveness
+        (compiler.schedule.plan_buffers): a steady-state product call allocates nothing as large as an
+        activation on the NumPy backend.
         """
         if n not in self._lowered:
             self._lowered[n] = {e: self._lower_entry(e, n) for e in ENTRIES}
         return self._lowered[n][entry][:2]
 
     def buffers(self, entry: str, n: int):
-        """The vector-stage buffers of ``entry`` at batch size ``n`` (list of arrays)."""
+        """The vector-stage buffers of ``entry`` at batch size ``n`` (a list of arrays; empty until the
+        entry's first call at that size)."""
         self.instructions(entry, n)
-        return self._lowered[n][entry][2]
+        return self._lowered[n][entry][2] or []
 
-    def _lower_entry(self, entry, n):
+    def _lower_entry(self, entry, n, orders=None):
+        """(batch, vector, buffers); without ``orders`` (memory orders learned by a first call) the
+        vector stage allocates and buffers is None."""
         from .compiler.schedule import plan_buffers
         batch_nodes, vector_nodes = self._plans[entry]
         batch = [self._lower(node, n) for node in batch_nodes]
+        if orders is None:
+            return batch, [self._lower(node, n) for node in vector_nodes], None
         keep = [v for v in self.module.entries[entry] if v is not None]
         backend = self.backend
+        buffer_of, keys = plan_buffers(vector_nodes, keep, n, self.dtype, lambda node: backend.in_place(node.op),
+                                       wants=lambda node: backend.writes_out(node.op),
+                                       order_of=lambda node, k: orders.get((node, k)))
+        arrays = [empty(self.xp, shape, np.dtype(dt), order) for shape, dt, order in keys]
 
-        def wants(node):
-            return backend.writes_out(node.op)
-        planned = [node for node in vector_nodes]
-        buffer_of, shapes = plan_buffers(planned, keep, n, self.dtype, lambda node: backend.in_place(node.op),
-                                         wants=wants)
-        arrays = [self.xp.empty(shape, dtype=np.dtype(dt)) for shape, dt in shapes]
         def out_of(node):
             b = buffer_of.get(node)
             if b is None or node.op.name == "pick":
                 return None
             return tuple(arrays[i] for i in b) if isinstance(b, tuple) else arrays[b]
-        vector = [self._lower(node, n, out_of(node)) for node in vector_nodes]
-        return batch, vector, arrays
+        return batch, [self._lower(node, n, out_of(node)) for node in vector_nodes], arrays
+
+    def _learn_orders(self, entry, n, vals):
+        """After an entry's first (allocating) call: plan its buffers in the orders its kernels chose."""
+        if self._lowered[n][entry][2] is not None:
+            return
+        orders = {}
+        for node in self._plans[entry][1]:
+            val = vals[self._slot[node]]
+            if self.backend.writes_out(node.op) and val is not None:
+                for k, a in enumerate(val if isinstance(val, tuple) else (val,)):
+                    orders[(node, k)] = memory_order(a)
+        self._lowered[n][entry] = self._lower_entry(entry, n, orders)
 
     def _lower(self, node, n, out=None):
         attrs = {}
@@ -207,6 +225,15 @@ class Program:
 
     def __repr__(self):
         return f"<Program {self.graph.name}: {self.size} parameters, {self.dtype}, {self.backend.name}>"
+
+
+def memory_order(a):
+    """The axes of ``a`` from the slowest-varying in memory to the fastest; None for C order."""
+    strides = getattr(a, "strides", None)
+    if strides is None or getattr(a, "ndim", 0) < 2:
+        return None
+    order = tuple(sorted(range(a.ndim), key=lambda ax: (-abs(strides[ax]), ax)))
+    return None if order == tuple(range(a.ndim)) else order
 
 
 def _run(instrs, vals, n, skip_done=False):
@@ -326,6 +353,7 @@ class State:
         batch, vector = prog.instructions(entry, self.batch_size)
         _run(batch, self._vals, self.batch_size, skip_done=True)
         _run(vector, self._vals, self.batch_size)
+        prog._learn_orders(entry, self.batch_size, self._vals)
 
     def _flat(self, entry, l2, base, out=None):
         prog = self.prog

@@ -168,7 +168,7 @@ def test_pooling_matches_a_loop_reference_including_argmax(kernel, stride, paddi
     ref_max, ref_arg = _pool_reference(x, kernel, stride, padding, "max")
     np.testing.assert_array_equal(out_max, ref_max)
     pooled = ops.maxpool2d(X, kernel, stride, padding)
-    idx = rg.evaluate(pooled.inputs[1], {X: x})  # gather(windows, argmax(windows))
+    idx = rg.evaluate(pooled.inputs[1], {X: x})  # pool_gather(x, pool_argmax(x))
     np.testing.assert_array_equal(idx, ref_arg)
     out_avg = rg.evaluate(ops.avgpool2d(X, kernel, stride, padding), {X: x})
     np.testing.assert_allclose(out_avg, _pool_reference(x, kernel, stride, padding, "avg")[0], rtol=1e-14)
@@ -273,3 +273,24 @@ def test_bad_shapes_name_the_layer_and_shapes():
     x, W = g.input("x", (None, 3, 5, 5)), g.param("W", (2, 4, 3, 3))
     with pytest.raises(rg.ShapeError, match=r"input has 3 channels but the weights \(2, 4, 3, 3\) expect 4"):
         ops.conv2d(x, W)
+
+
+def test_vector_stage_learns_memory_orders_so_conv_gemms_read_no_strided_operand():
+    """After the first gv call, the buffers take the orders the kernels chose (NHWC-in-memory for
+    activations between convolutions), so every batch operand of a GEMM is contiguous (the transposes
+    around conv2d are views, not copies), and later calls, into those buffers, give the same result."""
+    g = nn.small_cnn(input_shape=(3, 8, 8), channels=(4, 6), l2=1e-3)
+    prog = rg.compile(g, dtype="float64")
+    rng_ = np.random.default_rng(0)
+    st = prog.bind(prog.init_params(), {"x": rng_.standard_normal((5, 3, 8, 8)), "y": rng_.integers(0, 10, 5)})
+    v = rng_.standard_normal(prog.size)
+    first = st.gv(v)
+    assert prog.buffers("gv", 5)
+    again, out = st.gv(v), np.empty(prog.size)
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_array_equal(st.gv(v, out=out), first)
+    orders = {a.strides != a.copy().strides for a in prog.buffers("gv", 5)}
+    assert True in orders  # some buffers are not in C order
+    _, vector = prog.instructions("gv", 5)
+    gemm_operands = [st._vals[i] for _, ins, _, node in vector if node.op.kind == "gemm" for i in ins]
+    assert all(a.flags.c_contiguous for a in gemm_operands if a.ndim >= 3)

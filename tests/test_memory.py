@@ -36,7 +36,9 @@ def test_vector_buffers_are_reused():
     prog = rg.compile(g)
     _, vector = prog._plans["hv"]
     planned = [n for n in vector if n.op.kind in ("fused", "gemm")]
-    assert len(prog.buffers("hv", 8)) < len(planned)
+    assert prog.buffers("hv", 8) == []  # planned at the first call, in the memory orders it produced
+    prog.bind(prog.init_params(), batch_for(g, 8)).hv(np.ones(prog.size))
+    assert 0 < len(prog.buffers("hv", 8)) < len(planned)
 
 
 def test_out_matches_fresh_result():
@@ -52,8 +54,11 @@ def test_out_matches_fresh_result():
 def test_cost_peak_reflects_the_buffer_plan():
     g = rg.nn.mlp([10, 16, 16, 4], activation="swish")
     prog = rg.compile(g)
+    st = prog.bind(prog.init_params(), batch_for(g, 32))
     for entry in ("gv", "hv"):
+        getattr(st, entry)(np.ones(prog.size))
         pool = sum(a.nbytes for a in prog.buffers(entry, 32))
+        assert pool > 0
         peak = prog.cost(entry, batch_size=32)["vector"]["peak_bytes"]
         resident = {i for node in prog._plans[entry][1] for i in node.inputs} - set(prog._plans[entry][1])
         assert peak >= pool + sum(8 * np.prod([32 if d is None else d for d in r.shape]) for r in resident

@@ -76,18 +76,7 @@ def sum_out(xp, x, axis=None, keepdims=False, out=None):
     return xp.sum(x, axis=axis, keepdims=keepdims, out=out)
 
 
-def transpose_out(xp, x, axes=None, out=None):
-    """A transposed batch tensor is made contiguous once: as a strided view every reader (each GEMM that
-    reshapes it to a matrix, each elementwise kernel) would pay for the gather again. Matrices stay
-    views, since GEMMs take transposed operands as they are."""
-    view = xp.transpose(x, axes)
-    if out is not None:
-        out[...] = view
-        return out
-    return view if x.ndim <= 2 else xp.ascontiguousarray(view)
-
-
-OUT_KERNELS = {"matmul": matmul_out, "sum": sum_out, "transpose": transpose_out}
+OUT_KERNELS = {"matmul": matmul_out, "sum": sum_out}
 
 
 def cupy_usable() -> bool:

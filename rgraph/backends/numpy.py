@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..graph import FLOAT, Type
+from ..op import empty
 
 from . import OUT_KERNELS, Backend
 
@@ -139,13 +140,13 @@ def pool_gather(xp, x, idx, kernel, stride, padding, out=None):
 def pool_scatter(xp, g, idx, image, kernel, stride, padding, out=None):
     """Disjoint windows (stride >= kernel): one pass per offset writes its strided block of the image;
     overlapping windows accumulate, with the op's own kernel."""
-    from rgraph.ops.pool import PoolScatter, _window_slices
+    from rgraph.ops.pool import _window_slices, pool_scatter_op
     (c, h, w), ((pt, pb), (pl, pr)) = image, padding
     if stride[0] < kernel[0] or stride[1] < kernel[1]:
-        return PoolScatter.forward(None, np, g, idx, image, kernel, stride, padding, out=out)
+        return pool_scatter_op.forward(np, g, idx, image, kernel, stride, padding, out=out)
     padded = (g.shape[0], c, h + pt + pb, w + pl + pr)
-    out = np.empty(g.shape[:2] + (h, w), g.dtype) if out is None else out
-    acc = out if padded == out.shape else np.empty(padded, g.dtype)
+    out = empty(np, g.shape[:2] + (h, w), g.dtype, pool_scatter_op.out_order) if out is None else out
+    acc = out if padded == out.shape else empty(np, padded, g.dtype, pool_scatter_op.out_order)
     if tuple(g.shape[2:]) != (padded[2] // kernel[0], padded[3] // kernel[1]) or \
             padded[2] % kernel[0] or padded[3] % kernel[1]:
         acc[...] = 0  # some entries lie in no window
@@ -188,7 +189,7 @@ def _allocate(op, arrays, attrs):
     types = [Type(a.shape, FLOAT if a.dtype.kind == "f" else a.dtype.name) for a in arrays]
     result = op.infer(*types, **attrs)
     floats = [a.dtype for a in arrays if a.dtype.kind == "f"]
-    return np.empty(result.shape, floats[0] if result.is_float else result.dtype)
+    return empty(np, result.shape, floats[0] if result.is_float else np.dtype(result.dtype), op.out_order)
 
 
 NUMEXPR_KERNELS = {"pool_argmax": pool_argmax, "pool_gather": pool_gather, "pool_scatter": pool_scatter}

@@ -100,7 +100,7 @@ def planned_peak(prog, entry, vector, outputs, n) -> int:
     buffer_of, buffers = plan_buffers(vector, list(outputs), n, prog.dtype, lambda x: backend.in_place(x.op),
                                       wants=lambda x: backend.writes_out(x.op))
     item = prog.dtype.itemsize
-    pool = sum(int(np.prod(shape, dtype=np.int64)) * item for shape, _ in buffers)
+    pool = sum(int(np.prod(shape, dtype=np.int64)) * item for shape, _, _ in buffers)
     produced = set(vector)
     resident = {i for node in vector for i in node.inputs if i not in produced}
     own = sum(_size(x, n) * _itemsize(x, prog.dtype) for x in vector

@@ -63,18 +63,20 @@ def schedule(module: Module) -> Module:
     return module
 
 
-def plan_buffers(nodes, keep, n, dtype, in_place_ok, wants=lambda node: True):
+def plan_buffers(nodes, keep, n, dtype, in_place_ok, wants=lambda node: True, order_of=lambda node, k: None):
     """Assign each node of a vector stage an output buffer, reusing dead ones (liveness over ``nodes``).
 
     Returns ``(buffer_of, buffers)``: node -> buffer index (None for views, non-float results and
     kernels that allocate their own), for a multi-output fused node a tuple of indices (one per output;
-    its ``pick`` nodes own them); and a list of (shape, dtype) per buffer. ``wants(node)``: the node's
-    kernel can write into ``out=``. ``keep``: nodes read after the stage (entry outputs). A fused kernel
-    with one output and no temporaries may write over an input that dies with it (in place).
+    its ``pick`` nodes own them); and a list of (shape, dtype, order) per buffer. ``wants(node)``: the
+    node's kernel can write into ``out=``. ``order_of(node, k)``: the memory order of the axes of output k
+    (None: C order); only buffers of one shape, dtype and order are shared. ``keep``: nodes read after
+    the stage (entry outputs). A fused kernel with one output and no temporaries may write over an input
+    that dies with it (in place).
     """
     def shape(v):
         return tuple(n if d is None else d for d in v.shape)
-    key_of = lambda v: (shape(v), np.dtype(dtype).str)  # noqa: E731
+    key_of = lambda v, k=0: (shape(v), np.dtype(dtype).str, order_of(v, k))  # noqa: E731
     picks = {}
     for node in nodes:
         if node.op.name == "pick":
@@ -109,7 +111,7 @@ def plan_buffers(nodes, keep, n, dtype, in_place_ok, wants=lambda node: True):
         elif node.op.kind == "fused" and len(node.op.exprs) > 1:
             outs = []
             for idx in range(len(node.op.exprs)):
-                b = take(key_of(node))
+                b = take(key_of(node, idx))
                 outs.append(b)
                 p = picks.get(node, {}).get(idx)
                 if p is not None and last.get(p) is not None:
