@@ -1,8 +1,9 @@
 """Pooling: gathers over the windows of ops/conv.py.
 
-Max pooling is ``pool_gather(x, pool_argmax(x))``: the argmax (each window's offset of its maximum) is
-a non-differentiable auxiliary value, so R{maxpool} = pool_gather(R{x}, argmax) (R{x} taken where x is
-largest, not the max of R{x}) and the VJP, pool_scatter, adds g at the same positions. Ties go to the
+Max pooling is ``pool_max(x)``; its rules read the argmax (each window's offset of its maximum, a
+non-differentiable auxiliary value computed only when a derivative is asked for): R{maxpool} =
+pool_gather(R{x}, argmax) (R{x} taken where x is largest, not the max of R{x}) and the VJP,
+pool_scatter, adds g at the same positions. Ties go to the
 first maximum in window order (row-major over the kernel), as numpy.argmax does. The kernels loop over
 kernel offsets only, each step one strided block of the whole batch.
 """
@@ -92,6 +93,38 @@ def _window_slices(image_hw, kernel, stride, padding):
     """(k, rows, cols) for each kernel offset k in row-major window order."""
     out_hw = window_shape(image_hw, kernel, stride, padding)
     return [(k, rows, cols) for k, (i, j, rows, cols) in enumerate(_offsets(kernel, stride, out_hw))]
+
+
+class PoolMax(Op):
+    """The maximum of each window of an NCHW image padded with -inf: (N, C, H, W) -> (N, C, Ho, Wo); a NaN
+    in a window is its maximum. vjp: pool_scatter(g, argmax); R{y} = pool_gather(R{x}, argmax), where
+    argmax = pool_argmax(x) (the first maximum), computed only when a derivative is asked for."""
+    name, per_sample, writes_out = "pool_max", True, True
+
+    def infer(self, x, kernel, stride, padding):
+        require_float(self, x)
+        if x.ndim != 4:
+            raise ShapeError(f"expects an NCHW input, got {fmt_shape(x.shape)}")
+        return Type(x.shape[:2] + window_shape(x.shape[2:], kernel, stride, padding), FLOAT)
+
+    def forward(self, xp, x, kernel, stride, padding, out=None):
+        slices = _window_slices(x.shape[2:], kernel, stride, padding)
+        x = _padded(xp, x, padding, -np.inf)
+        first = x[:, :, slices[0][1], slices[0][2]]
+        if out is None:
+            out = xp.empty_like(first)
+        out[...] = first
+        for _, rows, cols in slices[1:]:
+            xp.maximum(out, x[:, :, rows, cols], out=out)
+        return out
+
+    def vjp(self, node, g):
+        x = node.inputs[0]
+        return [pool_scatter(g, pool_argmax(x, **_geometry(node)), x.shape[1:], **_geometry(node))]
+
+    def rop(self, node, tangents):
+        x = node.inputs[0]
+        return pool_gather(tangents[0], pool_argmax(x, **_geometry(node)), **_geometry(node))
 
 
 class PoolArgmax(Op):
@@ -190,7 +223,8 @@ class PoolScatter(Op):
         return [pool_gather(g, node.inputs[1], **_geometry(node)), None]
 
 
-pool_argmax_op, pool_gather_op, pool_scatter_op = register(PoolArgmax()), register(PoolGather()), register(PoolScatter())
+pool_max_op, pool_argmax_op = register(PoolMax()), register(PoolArgmax())
+pool_gather_op, pool_scatter_op = register(PoolGather()), register(PoolScatter())
 
 
 def pool_argmax(x, kernel, stride, padding):
@@ -225,7 +259,7 @@ def maxpool2d(x, kernel_size, stride=None, padding=0):
     kernel, stride, padding = _pool_geometry(x, kernel_size, stride, padding, "maxpool2d")
     if any(2 * p > k for pads, k in zip(padding, kernel) for p in pads):
         raise ShapeError(f"maxpool2d: padding {padding} must be at most half the kernel {kernel}")
-    return pool_gather(x, pool_argmax(x, kernel, stride, padding), kernel, stride, padding)
+    return pool_max_op(x, kernel=kernel, stride=stride, padding=padding)
 
 
 def avgpool2d(x, kernel_size, stride=None, padding=0):

@@ -85,9 +85,7 @@ POOL_CASES = [(2, None, 0), (3, 1, 1), (3, 2, 1), (2, 1, 0), ((3, 2), (2, 1), (1
 def test_pool_primitive_rules_at_fixed_offsets(kernel, stride, padding):
     """pool_gather and pool_scatter are linear in their values and each other's VJP; last-axis
     gather/scatter of argmax likewise."""
-    from rgraph.ops.conv import pair, padding_pairs
-    k, p = pair(kernel, "k"), padding_pairs(padding)
-    s = k if stride is None else pair(stride, "s")
+    k, s, p = _geometry(kernel, stride, padding)
     x = distinct(2, 2, 5, 5)
     idx = ops.pool_argmax_op.forward(np, x, kernel=k, stride=s, padding=p)
     assert rg.check_op(lambda v: ops.pool_gather(v, idx, k, s, p), x.shape).ok
@@ -121,7 +119,7 @@ def test_numpy_backend_pool_and_patch_kernels_match_the_reference_kernels(kernel
                padding=padding_pairs(padding))
     x = rng.integers(0, 3, (5, 3, 7, 6)).astype(np.float32)   # ties: the first maximum must win
     be = nb.BACKEND
-    for op, args in [(ops.pool_argmax_op, (x,)), (ops.im2col_op, (x,))]:
+    for op, args in [(ops.pool_argmax_op, (x,)), (ops.pool_max_op, (x,)), (ops.im2col_op, (x,))]:
         ref = op.forward(np, *args, **geo)
         np.testing.assert_array_equal(be.kernel(op)(np, *args, **geo), ref)
     idx = ops.pool_argmax_op.forward(np, x, **geo)
@@ -140,6 +138,11 @@ def test_numpy_backend_pool_and_patch_kernels_match_the_reference_kernels(kernel
 def test_pooling_rules(kernel, stride, padding):
     assert rg.check_op(lambda x: ops.maxpool2d(x, kernel, stride, padding), distinct(2, 2, 5, 5)).ok
     assert rg.check_op(lambda x: ops.avgpool2d(x, kernel, stride, padding), (2, 2, 5, 5)).ok
+
+
+def _geometry(kernel, stride, padding):
+    from rgraph.ops.conv import pair, padding_pairs
+    return pair(kernel, "k"), pair(kernel if stride is None else stride, "s"), padding_pairs(padding)
 
 
 def _pool_reference(x, kernel, stride, padding, reduce):
@@ -167,8 +170,7 @@ def test_pooling_matches_a_loop_reference_including_argmax(kernel, stride, paddi
     out_max = rg.evaluate(ops.maxpool2d(X, kernel, stride, padding), {X: x})
     ref_max, ref_arg = _pool_reference(x, kernel, stride, padding, "max")
     np.testing.assert_array_equal(out_max, ref_max)
-    pooled = ops.maxpool2d(X, kernel, stride, padding)
-    idx = rg.evaluate(pooled.inputs[1], {X: x})  # pool_gather(x, pool_argmax(x))
+    idx = rg.evaluate(ops.pool_argmax(X, *_geometry(kernel, stride, padding)), {X: x})
     np.testing.assert_array_equal(idx, ref_arg)
     out_avg = rg.evaluate(ops.avgpool2d(X, kernel, stride, padding), {X: x})
     np.testing.assert_allclose(out_avg, _pool_reference(x, kernel, stride, padding, "avg")[0], rtol=1e-14)
