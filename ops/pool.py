@@ -120,41 +120,39 @@ class PoolMax(Op):
 
     def vjp(self, node, g):
         x = node.inputs[0]
-        return [pool_scatter(g, pool_argmax(x, **_geometry(node)), x.shape[1:], **_geometry(node))]
+        return [pool_scatter(g, pool_argmax(x, y=node, **_geometry(node)), x.shape[1:], **_geometry(node))]
 
     def rop(self, node, tangents):
-        x = node.inputs[0]
-        return pool_gather(tangents[0], pool_argmax(x, **_geometry(node)), **_geometry(node))
+        return pool_gather(tangents[0], pool_argmax(node.inputs[0], y=node, **_geometry(node)), **_geometry(node))
 
 
 class PoolArgmax(Op):
-    """The offset (row-major in the kh x kw window) of each window's first maximum of an NCHW image
-    padded with -inf: (N, C, H, W) -> int64 (N, C, Ho, Wo). A NaN counts as the maximum, as in
-    numpy.argmax. Carries no derivative."""
-    name, nondiff, per_sample, writes_out = "pool_argmax", (0,), True, True
+    """The offset (row-major in the kh x kw window) of each window's first maximum, given the image x
+    and its window maxima y = pool_max(x): (N, C, H, W), (N, C, Ho, Wo) -> int64 (N, C, Ho, Wo). A NaN
+    counts as the maximum, as in numpy.argmax. Carries no derivative."""
+    name, nondiff, per_sample, writes_out = "pool_argmax", (0, 1), True, True
 
-    def infer(self, x, kernel, stride, padding):
+    def infer(self, x, y, kernel, stride, padding):
         require_float(self, x)
         if x.ndim != 4:
             raise ShapeError(f"expects an NCHW input, got {fmt_shape(x.shape)}")
-        return Type(x.shape[:2] + window_shape(x.shape[2:], kernel, stride, padding), "int64")
+        expected = x.shape[:2] + window_shape(x.shape[2:], kernel, stride, padding)
+        if y.shape != expected:
+            raise ShapeError(f"expects window maxima of shape {fmt_shape(expected)}, got {y}")
+        return Type(expected, "int64")
 
-    def forward(self, xp, x, kernel, stride, padding, out=None):
+    def forward(self, xp, x, y, kernel, stride, padding, out=None):
         slices = _window_slices(x.shape[2:], kernel, stride, padding)
         x = _padded(xp, x, padding, -np.inf)
-        _, rows, cols = slices[0]
-        best = x[:, :, rows, cols].copy()
-        idx = xp.zeros(best.shape, dtype=np.int64) if out is None else out
-        idx[...] = 0
-        for k, rows, cols in slices[1:]:
+        idx = xp.empty(y.shape, dtype=np.int64) if out is None else out
+        idx[...] = len(slices) - 1
+        for k, rows, cols in reversed(slices[:-1]):  # the last hit written is the first offset
             window = x[:, :, rows, cols]
-            better = ~(window <= best) & (best == best)  # larger, or a first NaN; a NaN best stays
-            xp.copyto(best, window, where=better)
-            xp.copyto(idx, k, where=better)
+            xp.copyto(idx, k, where=(window == y) | (window != window))
         return idx
 
     def vjp(self, node, g):
-        return [None]
+        return [None, None]
 
 
 class PoolGather(Op):
@@ -227,8 +225,10 @@ pool_max_op, pool_argmax_op = register(PoolMax()), register(PoolArgmax())
 pool_gather_op, pool_scatter_op = register(PoolGather()), register(PoolScatter())
 
 
-def pool_argmax(x, kernel, stride, padding):
-    return pool_argmax_op(x, kernel=tuple(kernel), stride=tuple(stride), padding=tuple(padding))
+def pool_argmax(x, kernel, stride, padding, y=None):
+    """The offsets of the window maxima of x (``y``: the maxima, pool_max(x), when already at hand)."""
+    geometry = dict(kernel=tuple(kernel), stride=tuple(stride), padding=tuple(padding))
+    return pool_argmax_op(x, pool_max_op(x, **geometry) if y is None else y, **geometry)
 
 
 def pool_gather(x, idx, kernel, stride, padding):

@@ -87,7 +87,8 @@ def test_pool_primitive_rules_at_fixed_offsets(kernel, stride, padding):
     gather/scatter of argmax likewise."""
     k, s, p = _geometry(kernel, stride, padding)
     x = distinct(2, 2, 5, 5)
-    idx = ops.pool_argmax_op.forward(np, x, kernel=k, stride=s, padding=p)
+    y = ops.pool_max_op.forward(np, x, kernel=k, stride=s, padding=p)
+    idx = ops.pool_argmax_op.forward(np, x, y, kernel=k, stride=s, padding=p)
     assert rg.check_op(lambda v: ops.pool_gather(v, idx, k, s, p), x.shape).ok
     assert rg.check_op(lambda g: ops.pool_scatter(g, idx, x.shape[1:], k, s, p), idx.shape).ok
     assert rg.check_op(lambda v: ops.gather(v, ops.argmax(v)), distinct(3, 4, 5)).ok
@@ -97,7 +98,11 @@ def test_pool_primitive_rules_at_fixed_offsets(kernel, stride, padding):
 def test_max_pooling_propagates_nan_like_numpy_argmax():
     x = np.array([[[[1.0, np.nan], [5.0, np.nan]]]])
     X = leaf(PARAM, "x", x.shape)
-    assert rg.evaluate(ops.pool_argmax(X, (2, 2), (2, 2), ((0, 0), (0, 0))), {X: x}).item() == 1
+    geo = dict(kernel=(2, 2), stride=(2, 2), padding=((0, 0), (0, 0)))
+    assert rg.evaluate(ops.pool_argmax(X, **geo), {X: x}).item() == 1
+    from rgraph.backends.numpy import BACKEND
+    y = BACKEND.kernel(ops.pool_max_op)(np, x, **geo)
+    assert np.isnan(y).all() and BACKEND.kernel(ops.pool_argmax_op)(np, x, y, **geo).item() == 1
     assert np.isnan(rg.evaluate(ops.maxpool2d(X, 2), {X: x}).item())
     g = rg.Graph("pool")   # in a program: a NaN made inside the network (log of a negative) comes through
     b = g.param("b", (1,), init="zeros")
@@ -119,10 +124,11 @@ def test_numpy_backend_pool_and_patch_kernels_match_the_reference_kernels(kernel
                padding=padding_pairs(padding))
     x = rng.integers(0, 3, (5, 3, 7, 6)).astype(np.float32)   # ties: the first maximum must win
     be = nb.BACKEND
-    for op, args in [(ops.pool_argmax_op, (x,)), (ops.pool_max_op, (x,)), (ops.im2col_op, (x,))]:
+    y = ops.pool_max_op.forward(np, x, **geo)
+    for op, args in [(ops.pool_argmax_op, (x, y)), (ops.pool_max_op, (x,)), (ops.im2col_op, (x,))]:
         ref = op.forward(np, *args, **geo)
         np.testing.assert_array_equal(be.kernel(op)(np, *args, **geo), ref)
-    idx = ops.pool_argmax_op.forward(np, x, **geo)
+    idx = ops.pool_argmax_op.forward(np, x, y, **geo)
     g = rng.standard_normal(idx.shape).astype(np.float32)
     cols = rng.standard_normal(ops.im2col_op.forward(np, x, **geo).shape).astype(np.float32)
     for op, args, attrs in [(ops.pool_gather_op, (x, idx), geo), (ops.pool_scatter_op, (g, idx), dict(geo, image=x.shape[1:])),

@@ -111,19 +111,17 @@ def _slices(x, kernel, stride, padding, fill):
     return [x[:, :, rows, cols] for _, rows, cols in slices]
 
 
-def pool_argmax(xp, x, kernel, stride, padding, out=None):
-    """The window maxima m by NumPy's SIMD maximum (NaN-propagating), then in one numexpr pass the
-    first offset k with s_k == m, or with s_k NaN (then m is NaN): numpy.argmax's rule."""
+def pool_argmax(xp, x, y, kernel, stride, padding, out=None):
+    """One numexpr pass: the first offset k whose slice equals the maximum y; only when y holds a NaN
+    (one cheap check) the slower test that also takes a first NaN, numpy.argmax's rule."""
     s = _slices(x, kernel, stride, padding, -np.inf)
-    m = np.maximum(s[0], s[1]) if len(s) > 1 else s[0]
-    for window in s[2:]:
-        np.maximum(m, window, out=m)
+    nan = bool(np.isnan(y).any())
     text = str(len(s) - 1)
     for k in reversed(range(len(s) - 1)):
-        text = f"where((s{k} == m) | (s{k} != s{k}), {k}, {text})"
+        text = f"where((s{k} == y) | (s{k} != s{k}), {k}, {text})" if nan else f"where(s{k} == y, {k}, {text})"
     env = {f"s{k}": v for k, v in enumerate(s)}
-    env["m"] = m
-    out = np.empty(m.shape, np.int64) if out is None else out
+    env["y"] = y
+    out = np.empty(y.shape, np.int64) if out is None else out
     return numexpr.evaluate(text, local_dict=env, out=out, casting="unsafe")
 
 
