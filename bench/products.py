@@ -4,7 +4,9 @@
 
 For each workload (a table below; the CNN rows appear once ``rgraph.nn.vgg``/``ops.conv2d`` exist):
 forward+loss, gradient, jv, jtu, gv (its one-off batch stage and its per-call vector stage), hv, each the
-median of ``repeats`` runs after warm-up, with every library on all cores. rgraph's GFLOP/s (FLOPs from
+median of ``repeats`` runs after warm-up, with every library on all cores. Each product runs beside its
+GEMM floor (one call of each per round), each library in its own block, and the blocks alternate twice,
+so a drift in the load of a shared machine moves every column of a table alike. rgraph's GFLOP/s (FLOPs from
 ``prog.cost``) is compared with the machine's NumPy GEMM peak (float32 2048^3) and with its own GEMM
 floor (the time of just the GEMMs of that product, run alone on the same operands). Peers are optional:
 a missing JAX or PyTorch is skipped. Nothing here is a dependency of rgraph.
@@ -29,14 +31,42 @@ from rgraph.program import _run  # noqa: E402
 
 
 def median_ms(fn, repeats, warmup=2):
-    for _ in range(warmup):
-        fn()
-    times = []
+    return round_robin({0: fn}, repeats, warmup)[0]
+
+
+class Elapsed(float):
+    """Seconds a timed callable measured itself (to leave its set-up out of the timing)."""
+
+
+def round_robin(cases, repeats, warmup=2):
+    """Median ms of each zero-argument callable, timed in rounds of one call of each (after ``warmup``
+    calls of each). A callable may return an ``Elapsed``: its own timing of the part that counts."""
+    return {key: 1e3 * statistics.median(ts) for key, ts in _samples(cases, repeats, warmup).items()}
+
+
+def _samples(cases, repeats, warmup):
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    times = {key: [] for key in cases}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+        for key, fn in cases.items():
+            t = time.perf_counter()
+            own = fn()
+            times[key].append(own if isinstance(own, Elapsed) else time.perf_counter() - t)
+    return times
+
+
+def in_blocks(blocks, repeats, rounds=2):
+    """Median ms per case of several libraries. Each library's cases run as one block, round-robin
+    inside it (a library's thread pools stay warm, as in a CG loop of its own); the blocks alternate
+    for ``rounds`` rounds, so a drift in the load of a shared machine reaches every library."""
+    samples = {}
+    for _ in range(rounds):
+        for cases in blocks:
+            for key, ts in _samples(cases, max(1, repeats // rounds), warmup=2).items():
+                samples.setdefault(key, []).extend(ts)
+    return {key: 1e3 * statistics.median(ts) for key, ts in samples.items()}
 
 
 def gemm_peak(repeats):
@@ -84,7 +114,7 @@ def make_batch(g, n, rng):
 
 # --- rgraph -------------------------------------------------------------------------------------------
 
-def bench_rgraph(w, batch, repeats):
+def bench_rgraph(w, batch):
     g = w["graph"]()
     prog = rg.compile(g, dtype="float32")
     theta = prog.init_params(seed=0)
@@ -94,30 +124,28 @@ def bench_rgraph(w, batch, repeats):
     st = prog.bind(theta, batch)
     u = rng.standard_normal(st.output.shape).astype(np.float32)
     flat, zout = np.empty(prog.size, np.float32), np.empty_like(st.output)
-    rows = {}
+    rows, floors = {}, {}   # label -> (callable, entry, stage); label -> callable running just the GEMMs
 
     def fresh():
         return prog.bind(theta, batch)
-    rows["forward+loss"] = (median_ms(lambda: fresh().loss, repeats), "loss", "batch")
-    rows["gradient"] = (median_ms(lambda: fresh().grad, repeats), "grad", "batch")
-    for entry in ("gv", "hv"):  # what the entry's batch stage adds to bind, timed on fresh states
-        times = []
-        for _ in range(repeats + 1):
-            s = fresh()
-            t = time.perf_counter()
-            s._batch(entry)
-            times.append(time.perf_counter() - t)
-        rows[f"{entry} batch stage (once)"] = (1e3 * statistics.median(times[1:]), entry, "batch-only")
+    rows["forward+loss"] = (lambda: fresh().loss, "loss", "batch")
+    rows["gradient"] = (lambda: fresh().grad, "grad", "batch")
+
+    def batch_stage(entry):  # what the entry's batch stage adds to bind, timed on a fresh state
+        s = fresh()
+        t = time.perf_counter()
+        s._batch(entry)
+        return Elapsed(time.perf_counter() - t)
+    for entry in ("gv", "hv"):
+        rows[f"{entry} batch stage (once)"] = (lambda e=entry: batch_stage(e), entry, "batch-only")
     for entry, seed, out in (("jv", v, zout), ("jtu", u, flat), ("gv", v, flat), ("hv", v, flat)):
-        f = getattr(st, entry)
-        rows[f"{entry} per call"] = (median_ms(lambda: f(seed, out=out), repeats), entry, "vector")
+        rows[f"{entry} per call"] = (lambda f=getattr(st, entry), x=seed, o=out: f(x, out=o), entry, "vector")
     # GEMM floors: just the GEMM instructions of each product, on the same slots (all values computed)
     st.grad
     for entry in ("gv", "hv", "jv", "jtu"):
         st._batch(entry)
         getattr(st, entry)(u if entry == "jtu" else v)
-    floors = {}
-    for label, (ms, entry, stage) in rows.items():
+    for label, (_, entry, stage) in rows.items():
         batch_ins, vector_ins = prog.instructions(entry, n)
         if stage == "vector":
             ins = vector_ins
@@ -126,9 +154,10 @@ def bench_rgraph(w, batch, repeats):
         else:
             ins = batch_ins
         gemms = [i for i in ins if i[3].op.kind == "gemm"]
-        floors[label] = median_ms(lambda: _run(gemms, st._vals, n), repeats) if gemms else float("nan")
+        if gemms:
+            floors[label] = lambda g=gemms: _run(g, st._vals, n)
     flops = {}
-    for label, (ms, entry, stage) in rows.items():
+    for label, (_, entry, stage) in rows.items():
         c = prog.cost(entry, batch_size=n)
         if stage == "vector":
             flops[label] = c["vector"]["flops"]
@@ -136,12 +165,12 @@ def bench_rgraph(w, batch, repeats):
             flops[label] = c["batch"]["flops"] - prog.cost("loss", batch_size=n)["batch"]["flops"]
         else:
             flops[label] = c["batch"]["flops"]
-    return rows, floors, flops, prog
+    return {label: fn for label, (fn, _, _) in rows.items()}, floors, flops, prog
 
 
 # --- JAX ----------------------------------------------------------------------------------------------
 
-def bench_jax(w, batch, repeats, prog):
+def bench_jax(w, batch, prog):
     try:
         import jax
         import jax.numpy as jnp
@@ -181,12 +210,12 @@ def bench_jax(w, batch, repeats, prog):
     ready = jax.block_until_ready
     out = {}
     loss_j, grad_j = jax.jit(f), jax.jit(jax.grad(f))
-    out["forward+loss"] = (median_ms(lambda: ready(loss_j(params, X, Y)), repeats), "jit")
-    out["gradient"] = (median_ms(lambda: ready(grad_j(params, X, Y)), repeats), "jit")
+    out["forward+loss"] = [(lambda: ready(loss_j(params, X, Y)), "jit")]
+    out["gradient"] = [(lambda: ready(grad_j(params, X, Y)), "jit")]
     jv_j = jax.jit(lambda p, t, X: jax.jvp(lambda q: net(q, X), (p,), (t,))[1])
-    out["jv per call"] = (median_ms(lambda: ready(jv_j(params, v, X)), repeats), "jit jvp")
+    out["jv per call"] = [(lambda: ready(jv_j(params, v, X)), "jit jvp")]
     jtu_j = jax.jit(lambda p, c, X: jax.vjp(lambda q: net(q, X), p)[1](c)[0])
-    out["jtu per call"] = (median_ms(lambda: ready(jtu_j(params, u, X)), repeats), "jit vjp")
+    out["jtu per call"] = [(lambda: ready(jtu_j(params, u, X)), "jit vjp")]
 
     # gv: linearize the network once per batch; the linear map (a pytree of residuals) is reused per call
     @jax.jit
@@ -199,25 +228,25 @@ def bench_jax(w, batch, repeats, prog):
         r, back = jax.vjp(lin, t)
         b = (probs * r - probs * jnp.sum(probs * r, axis=1, keepdims=True)) / N
         return [g + l2 * ti for g, ti in zip(back(b)[0], t)]
-    out["gv batch stage (once)"] = (median_ms(lambda: ready(linearize(params, X)), repeats), "jit linearize")
+    out["gv batch stage (once)"] = [(lambda: ready(linearize(params, X)), "jit linearize")]
     probs, lin = linearize(params, X)
-    out["gv per call"] = (median_ms(lambda: ready(gv(lin, probs, v)), repeats), "linearize reused")
+    out["gv per call"] = [(lambda: ready(gv(lin, probs, v)), "linearize reused")]
     hv_jvp = jax.jit(lambda p, t, X, Y: jax.jvp(lambda q: jax.grad(f)(q, X, Y), (p,), (t,))[1])
-    hv_a = median_ms(lambda: ready(hv_jvp(params, v, X, Y)), repeats)
+
 
     @jax.jit
     def hv_linearize(p, X, Y):
         return jax.linearize(lambda q: jax.grad(f)(q, X, Y), p)[1]
     hv_lin = hv_linearize(params, X, Y)
     apply = jax.jit(lambda lin, t: lin(t))
-    hv_b = median_ms(lambda: ready(apply(hv_lin, v)), repeats)
-    out["hv per call"] = min((hv_a, "jvp of grad"), (hv_b, "linearize of grad reused"))
+    out["hv per call"] = [(lambda: ready(hv_jvp(params, v, X, Y)), "jvp of grad"),
+                          (lambda: ready(apply(hv_lin, v)), "linearize of grad reused")]
     return out
 
 
 # --- PyTorch ------------------------------------------------------------------------------------------
 
-def bench_torch(w, batch, repeats, prog):
+def bench_torch(w, batch, prog):
     try:
         import torch
         from torch import func as tf
@@ -249,11 +278,13 @@ def bench_torch(w, batch, repeats, prog):
     v = [torch.randn(q.shape, generator=g) for q in params]
     u = torch.randn((N, 10), generator=g)
     out = {}
-    with torch.no_grad():
-        out["forward+loss"] = (median_ms(lambda: f(*params), repeats), "eager")
-    out["gradient"] = (median_ms(lambda: tf.grad(f, argnums=tuple(range(len(params))))(*params), repeats), "func.grad")
-    out["jv per call"] = (median_ms(lambda: tf.jvp(net, tuple(params), tuple(v)), repeats), "func.jvp")
-    out["jtu per call"] = (median_ms(lambda: tf.vjp(net, *params)[1](u), repeats), "func.vjp")
+    def loss_only():
+        with torch.no_grad():
+            return f(*params)
+    out["forward+loss"] = [(loss_only, "eager")]
+    out["gradient"] = [(lambda: tf.grad(f, argnums=tuple(range(len(params))))(*params), "func.grad")]
+    out["jv per call"] = [(lambda: tf.jvp(net, tuple(params), tuple(v)), "func.jvp")]
+    out["jtu per call"] = [(lambda: tf.vjp(net, *params)[1](u), "func.vjp")]
 
     def bmul(z, r):
         p = torch.softmax(z, dim=1)
@@ -262,7 +293,6 @@ def bench_torch(w, batch, repeats, prog):
     def gv_func(t):
         z, r = tf.jvp(net, tuple(params), tuple(t))
         return [a + l2 * b for a, b in zip(tf.vjp(net, *params)[1](bmul(z, r)), t)]
-    a = median_ms(lambda: gv_func(v), repeats)
     # autograd with the graph kept across calls: z once; J v by the double-vjp trick, J^T by a vjp
     ps = [q.clone().requires_grad_(True) for q in params]
     z = net(*ps)
@@ -274,18 +304,17 @@ def bench_torch(w, batch, repeats, prog):
         r = torch.autograd.grad(gz, dummy, t, retain_graph=True)[0]
         b = (p_soft * r - p_soft * (p_soft * r).sum(1, keepdim=True)) / N
         return [x + l2 * y for x, y in zip(torch.autograd.grad(z, ps, b, retain_graph=True), t)]
-    b = median_ms(lambda: gv_autograd(v), repeats)
-    out["gv per call"] = min((a, "func jvp+vjp"), (b, "autograd, graph kept"))
+    out["gv per call"] = [(lambda: gv_func(v), "func jvp+vjp"), (lambda: gv_autograd(v), "autograd, graph kept")]
     gr = torch.autograd.grad(f(*ps), ps, create_graph=True)
-    hv_auto = median_ms(lambda: torch.autograd.grad(gr, ps, v, retain_graph=True), repeats)
-    hv_func = median_ms(lambda: tf.jvp(tf.grad(f, argnums=tuple(range(len(params)))), tuple(params), tuple(v)), repeats)
-    out["hv per call"] = min((hv_auto, "double backward, graph kept"), (hv_func, "func jvp of grad"))
+    out["hv per call"] = [(lambda: torch.autograd.grad(gr, ps, v, retain_graph=True), "double backward, graph kept"),
+                          (lambda: tf.jvp(tf.grad(f, argnums=tuple(range(len(params)))), tuple(params), tuple(v)),
+                           "func jvp of grad")]
     return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=8, help="timed calls per case (half in each round)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
     args = ap.parse_args()
@@ -302,18 +331,27 @@ def main():
             print(f"(workload {make.__name__[:-9]} skipped: needs rgraph.nn.vgg and ops.conv2d)\n")
             continue
         batch = make_batch(w["graph"](), w["batch"], np.random.default_rng(0))
-        rows, floors, flops, prog = bench_rgraph(w, batch, args.repeats)
-        jx = bench_jax(w, batch, args.repeats, prog) or {}
-        th = bench_torch(w, batch, args.repeats, prog) or {}
+        rows, floors, flops, prog = bench_rgraph(w, batch)
+        peers = {"jax": bench_jax(w, batch, prog) or {}, "torch": bench_torch(w, batch, prog) or {}}
+        mine = {("rgraph", label): fn for label, fn in rows.items()}
+        mine.update({("floor", label): fn for label, fn in floors.items()})  # each product beside its floor
+        blocks = [mine] + [{(peer, label, k): fn for label, alts in table.items() for k, (fn, _) in enumerate(alts)}
+                           for peer, table in peers.items() if table]
+        ms = in_blocks(blocks, args.repeats)
+
+        def best(peer, label):  # a peer's fastest strategy for this product: (ms, strategy)
+            alts = peers[peer].get(label, [])
+            return min(((ms[(peer, label, k)], name) for k, (_, name) in enumerate(alts)), default=None)
         print(f"== {w['name']}, batch {w['batch']} ==")
         head = f"{'product':<24}{'rgraph ms':>10}{'GEMM floor':>11}{'x floor':>8}{'GFLOP/s':>9}{'% peak':>7}" \
                f"{'JAX ms':>9}  {'(strategy)':<28}{'torch ms':>9}  {'(strategy)':<28}"
         print(head)
         print("-" * len(head))
-        for label, (ms, _, _) in rows.items():
-            gfs = flops[label] / (ms * 1e-3) / 1e9 if ms > 0 else float("nan")
-            j, t = jx.get(label), th.get(label)
-            print(f"{label:<24}{ms:>10.2f}{floors[label]:>11.2f}{ms / floors[label]:>8.2f}{gfs:>9.0f}"
+        for label in rows:
+            mine, floor = ms[("rgraph", label)], ms.get(("floor", label), float("nan"))
+            gfs = flops[label] / (mine * 1e-3) / 1e9 if mine > 0 else float("nan")
+            j, t = best("jax", label), best("torch", label)
+            print(f"{label:<24}{mine:>10.2f}{floor:>11.2f}{mine / floor:>8.2f}{gfs:>9.0f}"
                   f"{100 * gfs / peak:>6.0f}%"
                   f"{(f'{j[0]:.2f}' if j else '-'):>9}  {(j[1] if j else ''):<28}"
                   f"{(f'{t[0]:.2f}' if t else '-'):>9}  {(t[1] if t else ''):<28}")
