@@ -137,6 +137,15 @@ class Op:
         return f"<op {self.name}>"
 
 
+def memory_order(a):
+    """The axes of array ``a`` from the slowest-varying in memory to the fastest; None for C order."""
+    strides = getattr(a, "strides", None)
+    if strides is None or getattr(a, "ndim", 0) < 2:
+        return None
+    order = tuple(sorted(range(a.ndim), key=lambda ax: (-abs(strides[ax]), ax)))
+    return None if order == tuple(range(a.ndim)) else order
+
+
 def empty(xp, shape, dtype, order=None):
     """An uninitialised array of ``shape`` whose axes lie in memory in ``order`` (None: C order)."""
     if order is None:

@@ -14,7 +14,7 @@ import numpy as np
 from .compiler import ENTRIES
 from .errors import BindError, fmt_shape
 from .graph import CONST, COTANGENT, FLOAT, INITS, INPUT, PARAM, TANGENT
-from .op import empty
+from .op import empty, memory_order
 
 SEEDED = {"jv": "v", "jtu": "u", "gv": "v", "hv": "v", "taps": "u"}
 
@@ -225,15 +225,6 @@ class Program:
 
     def __repr__(self):
         return f"<Program {self.graph.name}: {self.size} parameters, {self.dtype}, {self.backend.name}>"
-
-
-def memory_order(a):
-    """The axes of ``a`` from the slowest-varying in memory to the fastest; None for C order."""
-    strides = getattr(a, "strides", None)
-    if strides is None or getattr(a, "ndim", 0) < 2:
-        return None
-    order = tuple(sorted(range(a.ndim), key=lambda ax: (-abs(strides[ax]), ax)))
-    return None if order == tuple(range(a.ndim)) else order
 
 
 def _run(instrs, vals, n, skip_done=False):
