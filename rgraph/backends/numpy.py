@@ -1,5 +1,8 @@
 """The CPU backend: NumPy (BLAS GEMMs with ``out=``) and numexpr for fused elementwise kernels (falling
-back to the reference interpreter, ``expr.evaluate``, when numexpr is missing)."""
+back to the reference interpreter, ``expr.evaluate``, when numexpr is missing), whose transcendental
+calls run as NumPy ufuncs; max pooling's argmax, gather and scatter as whole-batch passes over the window
+slices; and ops declaring ``per_sample`` (im2col, col2im, pool_max) on cache-sized batch chunks across
+threads. Every kernel here is checked against the op's own kernel in the tests."""
 from __future__ import annotations
 
 import os
@@ -54,7 +57,6 @@ class NumexprKernel:
     def __call__(self, xp, *arrays, shape=None, out=None):
         env = dict(zip(self.op.params, arrays, strict=True))
         env.update(self.consts)
-        results = [None] * self.n_out
         with np.errstate(over="ignore", under="ignore"):  # exp(-a) = inf is sigmoid's exact limit 0;
             return self._run(env, shape, out)          # numexpr statements never warn either
 
@@ -126,6 +128,7 @@ def pool_argmax(xp, x, y, kernel, stride, padding, out=None):
 
 
 def pool_gather(xp, x, idx, kernel, stride, padding, out=None):
+    """One numexpr pass choosing, per window, the slice its offset names."""
     s = _slices(x, kernel, stride, padding, 0.0)
     text = "s0"
     for k in range(1, len(s)):
@@ -145,9 +148,8 @@ def pool_scatter(xp, g, idx, image, kernel, stride, padding, out=None):
     padded = (g.shape[0], c, h + pt + pb, w + pl + pr)
     out = empty(np, g.shape[:2] + (h, w), g.dtype, pool_scatter_op.out_order) if out is None else out
     acc = out if padded == out.shape else empty(np, padded, g.dtype, pool_scatter_op.out_order)
-    if tuple(g.shape[2:]) != (padded[2] // kernel[0], padded[3] // kernel[1]) or \
-            padded[2] % kernel[0] or padded[3] % kernel[1]:
-        acc[...] = 0  # some entries lie in no window
+    if tuple(stride) != tuple(kernel) or (g.shape[2] * kernel[0], g.shape[3] * kernel[1]) != padded[2:]:
+        acc[...] = 0  # the windows do not tile the image: some entries lie in none
     for k, rows, cols in _window_slices((h, w), kernel, stride, padding):
         np.multiply(g, idx == k, out=acc[:, :, rows, cols])  # g * [idx = k]: a non-finite g spreads
     if acc is not out:
