@@ -18,7 +18,8 @@ from helpers_compiler import ENTRIES, batch_for, products, rel, small_cnn
 def programs():
     return {"mlp": rg.compile(rg.nn.mlp([784, 64, 32, 10], activation="swish")),
             "mlp-relu-mse": rg.compile(rg.nn.mlp([8, 9, 4], activation="relu", loss="mse")),
-            "cnn": rg.compile(small_cnn())}
+            "cnn": rg.compile(small_cnn()),
+            "vgg-mini": rg.compile(rg.nn.small_cnn(input_shape=(3, 32, 32), channels=(32, 64, 128), l2=1e-3))}
 
 
 def all_kernels(prog):
@@ -44,7 +45,7 @@ def test_auto_backend_is_numpy_without_a_gpu():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_generated_cuda_compiles_to_ptx(tmp_path, dtype):
-    """Every fused kernel of an MLP and a small 4-D (NCHW, broadcast bias) program compiles with nvcc.
+    """Every fused kernel of MLPs, a small 4-D (NCHW, broadcast bias) program and VGG-mini compiles with nvcc.
     RGRAPH_REQUIRE_NVCC=1 (set by .ci/run where nvcc exists) turns a missing nvcc into a failure."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
@@ -69,26 +70,34 @@ def test_generated_cuda_compiles_to_ptx(tmp_path, dtype):
 
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "convnet"])
 def test_cupy_lowering_on_a_numpy_stand_in(name, dtype, tol):
-    g = rg.nn.mlp([7, 9, 6, 3], activation="swish", l2=1e-3) if name == "mlp" else small_cnn()
+    """Every entry, computed twice (the first call allocates, the second writes into the planned
+    buffers), through conv2d's im2col/col2im and max pooling's primitives as CuPy code."""
+    g = {"mlp": lambda: rg.nn.mlp([7, 9, 6, 3], activation="swish", l2=1e-3), "cnn": small_cnn,
+         "convnet": lambda: rg.nn.small_cnn(input_shape=(2, 8, 8), channels=(3, 4), l2=1e-3)}[name]()
     batch = batch_for(g, 5, dtype=dtype)
     fake_cupy.launches.clear()
-    gpu = products(rg.compile(g, backend=make_backend(fake_cupy.module()), dtype=dtype), batch)
+    gpu_prog = rg.compile(g, backend=make_backend(fake_cupy.module()), dtype=dtype)
+    first, gpu = products(gpu_prog, batch), products(gpu_prog, batch)
     assert fake_cupy.launches  # the fused kernels ran through RawKernel launches
     cpu = products(rg.compile(g, dtype=dtype), batch)
     for entry in ENTRIES:
+        assert rel(first[entry], cpu[entry]) <= tol, entry
         assert rel(gpu[entry], cpu[entry]) <= tol, entry
 
 
 @pytest.mark.gpu
-def test_real_cupy_matches_numpy():
+@pytest.mark.parametrize("name", ["mlp", "convnet"])
+def test_real_cupy_matches_numpy(name):
     import cupy
-    g = rg.nn.mlp([20, 32, 16, 4], activation="swish", l2=1e-3)
+    g = rg.nn.mlp([20, 32, 16, 4], activation="swish", l2=1e-3) if name == "mlp" else \
+        rg.nn.small_cnn(input_shape=(3, 16, 16), channels=(8, 16), l2=1e-3)
     batch = batch_for(g, 16)
     cpu = products(rg.compile(g), batch)
     gbatch = {k: cupy.asarray(v) for k, v in batch.items()}
-    gpu = products(rg.compile(g, backend="cupy"), gbatch)
-    for entry in ENTRIES:
-        assert rel(gpu[entry], cpu[entry]) <= 1e-10, entry
+    prog = rg.compile(g, backend="cupy")
+    for gpu in (products(prog, gbatch), products(prog, gbatch)):  # allocating, then planned buffers
+        for entry in ENTRIES:
+            assert rel(gpu[entry], cpu[entry]) <= 1e-10, entry
     assert rg.compile(g, backend="auto").backend.name == "cupy"
