@@ -228,6 +228,29 @@ def test_sampled_cotangents_have_mean_zero():
     assert np.allclose(us.sum(axis=2), 0)
 
 
+def _loss_hessian(loss, z, h=1e-4):
+    """d2 loss / dz2 of one sample by central differences (independent of the sampler's formulas)."""
+    k = len(z)
+    H = np.zeros((k, k))
+    for a in range(k):
+        for b in range(k):
+            ea, eb = h * np.eye(k)[a], h * np.eye(k)[b]
+            H[a, b] = (loss(z + ea + eb) - loss(z + ea - eb) - loss(z - ea + eb) + loss(z - ea - eb)) / (4 * h * h)
+    return H
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse"])
+def test_sampled_cotangents_have_the_loss_hessian_as_covariance(loss):
+    """E[u u^T] = B, the per-sample loss Hessian: what makes KFAC's G factor the Gauss-Newton's."""
+    z = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])
+    gen = np.random.default_rng(3)
+    us = np.stack([sample_cotangent(z, gen, loss) for _ in range(20000)])           # (S, N, k)
+    per_sample = {"softmax_cross_entropy": lambda v: np.log(np.exp(v).sum()) - v[0],  # B does not depend on y
+                  "mse": lambda v: np.sum((v - 0.3) ** 2)}[loss]
+    for i in range(len(z)):
+        np.testing.assert_allclose(us[:, i].T @ us[:, i] / len(us), _loss_hessian(per_sample, z[i]), atol=0.04)
+
+
 # --- first order ---------------------------------------------------------------------------------
 
 def test_sgd_nesterov_and_adam_follow_their_equations():
