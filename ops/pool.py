@@ -100,6 +100,7 @@ class PoolMax(Op):
     in a window is its maximum. vjp: pool_scatter(g, argmax); R{y} = pool_gather(R{x}, argmax), where
     argmax = pool_argmax(x) (the first maximum), computed only when a derivative is asked for."""
     name, per_sample, writes_out = "pool_max", True, True
+    out_order = (0, 2, 3, 1)  # NHWC in memory, as the activations around a convolution
 
     def infer(self, x, kernel, stride, padding):
         require_float(self, x)
@@ -131,6 +132,7 @@ class PoolArgmax(Op):
     and its window maxima y = pool_max(x): (N, C, H, W), (N, C, Ho, Wo) -> int64 (N, C, Ho, Wo). A NaN
     counts as the maximum, as in numpy.argmax. Carries no derivative."""
     name, nondiff, per_sample, writes_out = "pool_argmax", (0, 1), True, True
+    out_order = (0, 2, 3, 1)  # NHWC in memory, as the activations around a convolution
 
     def infer(self, x, y, kernel, stride, padding):
         require_float(self, x)
@@ -159,6 +161,7 @@ class PoolGather(Op):
     """y[n, c, i, j] = the entry of window (i, j) of the zero-padded x at offset idx[n, c, i, j].
     Linear in x; vjp: pool_scatter(g, idx). R{y} = pool_gather(R{x}, idx)."""
     name, linear_in, nondiff, per_sample, writes_out = "pool_gather", (0,), (1,), True, True
+    out_order = (0, 2, 3, 1)  # NHWC in memory, as the activations around a convolution
 
     def infer(self, x, idx, kernel, stride, padding):
         require_float(self, x)

@@ -115,7 +115,7 @@ def test_max_pooling_propagates_nan_like_numpy_argmax():
 
 @pytest.mark.parametrize("kernel, stride, padding", POOL_CASES + [((2, 3), (2, 3), ((0, 1), (0, 0)))])
 def test_numpy_backend_pool_and_patch_kernels_match_the_reference_kernels(kernel, stride, padding, monkeypatch):
-    """The NumPy backend's numexpr pooling kernels and its batch-chunked, threaded per-sample kernels
+    """The NumPy backend's Numba pooling kernels and its batch-chunked, threaded per-sample kernels
     (forced to one-sample chunks here) give the ops' own kernels' results, with and without out=."""
     from rgraph.backends import numpy as nb
     from rgraph.ops.conv import pair, padding_pairs

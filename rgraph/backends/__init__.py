@@ -30,10 +30,9 @@ class Backend:
                 self._fused_cache[key] = (op, self._fused_compiler(op, np.dtype(dtype or "float64"))
                                           if self._fused_compiler else op.forward)
             return self._fused_cache[key][1]
-        kernel = self.out_kernels.get(op.name) or self.kernels.get(op.name)
-        if kernel is None:  # the op's own kernel; a per-sample one may be split over the batch
-            kernel = self._per_sample(op, op.forward) if op.per_sample and self._per_sample else op.forward
-        return kernel
+        kernel = self.out_kernels.get(op.name) or self.kernels.get(op.name) or op.forward
+        # a per-sample op's kernel may be run on chunks of the batch (needs out=)
+        return self._per_sample(op, kernel) if op.per_sample and self._per_sample and self.writes_out(op) else kernel
 
     def writes_out(self, op) -> bool:
         """Whether ``op``'s kernel here writes into a given ``out=`` buffer."""

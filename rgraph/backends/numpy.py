@@ -1,7 +1,7 @@
 """The CPU backend: NumPy (BLAS GEMMs with ``out=``) and numexpr for fused elementwise kernels (falling
 back to the reference interpreter, ``expr.evaluate``, when numexpr is missing), whose transcendental
-calls run as NumPy ufuncs; max pooling's argmax, gather and scatter as whole-batch passes over the window
-slices; and ops declaring ``per_sample`` (im2col, col2im, pool_max) on cache-sized batch chunks across
+calls run as NumPy ufuncs; max pooling's kernels compiled with Numba (numba_kernels.py); and every op
+declaring ``per_sample`` (im2col, col2im, the pooling ops) run on cache-sized batch chunks across
 threads. Every kernel here is checked against the op's own kernel in the tests."""
 from __future__ import annotations
 
@@ -104,59 +104,6 @@ def compile_fused(op, dtype):
     return NumexprKernel(op, dtype)
 
 
-# --- max pooling: whole-batch passes over the window slices (numexpr: one threaded pass) -------------
-
-def _slices(x, kernel, stride, padding, fill):
-    from rgraph.ops.pool import _padded, _window_slices
-    slices = _window_slices(x.shape[2:], kernel, stride, padding)
-    x = _padded(np, x, padding, fill)
-    return [x[:, :, rows, cols] for _, rows, cols in slices]
-
-
-def pool_argmax(xp, x, y, kernel, stride, padding, out=None):
-    """One numexpr pass: the first offset k whose slice equals the maximum y; only when y holds a NaN
-    (one cheap check) the slower test that also takes a first NaN, numpy.argmax's rule."""
-    s = _slices(x, kernel, stride, padding, -np.inf)
-    nan = bool(np.isnan(y).any())
-    text = str(len(s) - 1)
-    for k in reversed(range(len(s) - 1)):
-        text = f"where((s{k} == y) | (s{k} != s{k}), {k}, {text})" if nan else f"where(s{k} == y, {k}, {text})"
-    env = {f"s{k}": v for k, v in enumerate(s)}
-    env["y"] = y
-    out = np.empty(y.shape, np.int64) if out is None else out
-    return numexpr.evaluate(text, local_dict=env, out=out, casting="unsafe")
-
-
-def pool_gather(xp, x, idx, kernel, stride, padding, out=None):
-    """One numexpr pass choosing, per window, the slice its offset names."""
-    s = _slices(x, kernel, stride, padding, 0.0)
-    text = "s0"
-    for k in range(1, len(s)):
-        text = f"where(i == {k}, s{k}, {text})"
-    env = {f"s{k}": v for k, v in enumerate(s)}
-    env["i"] = idx
-    return numexpr.evaluate(text, local_dict=env, out=out)
-
-
-def pool_scatter(xp, g, idx, image, kernel, stride, padding, out=None):
-    """Disjoint windows (stride >= kernel): one pass per offset writes its strided block of the image;
-    overlapping windows accumulate, with the op's own kernel."""
-    from rgraph.ops.pool import _window_slices, pool_scatter_op
-    (c, h, w), ((pt, pb), (pl, pr)) = image, padding
-    if stride[0] < kernel[0] or stride[1] < kernel[1]:
-        return pool_scatter_op.forward(np, g, idx, image, kernel, stride, padding, out=out)
-    padded = (g.shape[0], c, h + pt + pb, w + pl + pr)
-    out = empty(np, g.shape[:2] + (h, w), g.dtype, pool_scatter_op.out_order) if out is None else out
-    acc = out if padded == out.shape else empty(np, padded, g.dtype, pool_scatter_op.out_order)
-    if tuple(stride) != tuple(kernel) or (g.shape[2] * kernel[0], g.shape[3] * kernel[1]) != padded[2:]:
-        acc[...] = 0  # the windows do not tile the image: some entries lie in none
-    for k, rows, cols in _window_slices((h, w), kernel, stride, padding):
-        np.multiply(g, idx == k, out=acc[:, :, rows, cols])  # g * [idx = k]: a non-finite g spreads
-    if acc is not out:
-        out[...] = acc[:, :, pt:pt + h, pl:pl + w]
-    return out
-
-
 CHUNK_BYTES = 4 << 20   # a batch chunk's largest array: about what two cores' L2 caches hold
 _pool = None
 
@@ -192,6 +139,9 @@ def _allocate(op, arrays, attrs):
     return empty(np, result.shape, floats[0] if result.is_float else np.dtype(result.dtype), op.out_order)
 
 
-NUMEXPR_KERNELS = {"pool_argmax": pool_argmax, "pool_gather": pool_gather, "pool_scatter": pool_scatter}
-BACKEND = Backend("numpy", np, out_kernels={**OUT_KERNELS, **(NUMEXPR_KERNELS if numexpr else {})},
-                  fused=compile_fused, per_sample=split_batch)
+try:
+    from .numba_kernels import KERNELS as NUMBA_KERNELS
+except ImportError:  # pragma: no cover - numba is a dependency; without it the ops' own kernels run
+    NUMBA_KERNELS = {}
+BACKEND = Backend("numpy", np, out_kernels={**OUT_KERNELS, **NUMBA_KERNELS}, fused=compile_fused,
+                  per_sample=split_batch)
