@@ -120,6 +120,7 @@ def test_numpy_backend_pool_and_patch_kernels_match_the_reference_kernels(kernel
     from rgraph.backends import numpy as nb
     from rgraph.ops.conv import pair, padding_pairs
     monkeypatch.setattr(nb, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(nb, "MIN_SPLIT_BYTES", 0)
     geo = dict(kernel=pair(kernel, "k"), stride=pair(kernel if stride is None else stride, "s"),
                padding=padding_pairs(padding))
     x = rng.integers(0, 3, (5, 3, 7, 6)).astype(np.float32)   # ties: the first maximum must win

@@ -105,6 +105,7 @@ def compile_fused(op, dtype):
 
 
 CHUNK_BYTES = 4 << 20   # a batch chunk's largest array: about what two cores' L2 caches hold
+MIN_SPLIT_BYTES = 1 << 20
 _pool = None
 
 
@@ -119,9 +120,9 @@ def split_batch(op, kernel):
         n = arrays[0].shape[0]
         if out is None:
             out = _allocate(op, arrays, attrs)
-        per_sample = max(a.nbytes for a in arrays + (out,)) // max(n, 1)
-        chunk = max(1, min(CHUNK_BYTES // max(per_sample, 1), -(-n // workers())))
-        if chunk >= n:
+        largest = max(a.nbytes for a in arrays + (out,))
+        chunk = max(1, min(CHUNK_BYTES * n // max(largest, 1), -(-n // workers())))
+        if chunk >= n or largest < MIN_SPLIT_BYTES:  # small work: threads would cost more than they save
             return kernel(xp, *arrays, out=out, **attrs)
         global _pool
         if _pool is None:
