@@ -18,13 +18,20 @@ def graphs():
     for sizes, act, loss in CASES:
         yield f"mlp-{act}-{len(sizes) - 1}", rg.nn.mlp(sizes, activation=act, loss=loss, l2=1e-3)
     yield "cnn", small_cnn()
+    yield "convnet", rg.nn.small_cnn(input_shape=(2, 6, 6), channels=(3, 4), l2=1e-3)
 
 
+@pytest.mark.parametrize("kernels", ["ufunc", "numexpr"])
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
 @pytest.mark.parametrize("name,g", list(graphs()), ids=[n for n, _ in graphs()])
-def test_fused_equals_unfused(name, g, dtype, tol):
+def test_fused_equals_unfused(name, g, dtype, tol, kernels, monkeypatch):
+    """Both CPU kernel makers (in-place NumPy ufuncs, the default; numexpr with RGRAPH_FUSED=numexpr),
+    called twice (allocating, then into planned buffers), against the unfused program."""
+    monkeypatch.setenv("RGRAPH_FUSED", kernels)
     batch = batch_for(g, 6, dtype=dtype)
-    fused = products(rg.compile(g, dtype=dtype), batch)
+    prog = rg.compile(g, dtype=dtype)
+    products(prog, batch)
+    fused = products(prog, batch)
     plain = products(rg.compile(g, dtype=dtype, fuse=False), batch)
     for entry in ENTRIES:
         assert fused[entry].dtype == np.dtype(dtype) or entry == "loss"

@@ -11,7 +11,9 @@ from helpers_compiler import batch_for
 
 @pytest.mark.parametrize("entry", ["gv", "hv", "jv", "jtu"])
 def test_steady_state_product_allocates_no_activation(entry):
-    N, width = 256, 64
+    """Big enough a batch that NumPy's fixed-size ufunc buffers (8192 elements when an operand is
+    broadcast) stay well below one activation."""
+    N, width = 1024, 64
     g = rg.nn.mlp([30, width, width, 10], activation="swish", l2=1e-3)
     prog = rg.compile(g, dtype="float64")
     st = prog.bind(prog.init_params(seed=1), batch_for(g, N))
