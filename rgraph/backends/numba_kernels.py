@@ -20,77 +20,64 @@ NEG_INF = -np.inf
 NHWC = (0, 2, 3, 1)
 
 
+@njit(inline="always")
+def _entry(x, n, h, w, c, fill):  # x[n, h, w, c], or ``fill`` outside the image (the padding)
+    return x[n, h, w, c] if 0 <= h < x.shape[1] and 0 <= w < x.shape[2] else fill
+
+
 @njit(nogil=True, cache=True)
-def _pool_max(x, kh, kw, sh, sw, pt, pl, out):  # a NaN is the maximum; outside the image is -inf
-    n_, h_, w_, c_ = x.shape
-    ho_, wo_ = out.shape[1], out.shape[2]
-    for n in range(n_):
-        for a in range(ho_):
-            for b in range(wo_):
-                for c in range(c_):
-                    out[n, a, b, c] = NEG_INF
+def _pool_max(x, kh, kw, sh, sw, pt, pl, out):  # a NaN is the maximum
+    for n in range(out.shape[0]):
+        for a in range(out.shape[1]):
+            for b in range(out.shape[2]):
+                out[n, a, b, :] = NEG_INF
                 for i in range(kh):
-                    h = a * sh + i - pt
                     for j in range(kw):
-                        w = b * sw + j - pl
-                        if 0 <= h < h_ and 0 <= w < w_:
-                            for c in range(c_):
-                                m, v = out[n, a, b, c], x[n, h, w, c]
-                                if m == m and not v <= m:
-                                    out[n, a, b, c] = v
+                        for c in range(out.shape[3]):
+                            m, v = out[n, a, b, c], _entry(x, n, a * sh + i - pt, b * sw + j - pl, c, NEG_INF)
+                            if m == m and not v <= m:
+                                out[n, a, b, c] = v
 
 
 @njit(nogil=True, cache=True)
 def _pool_argmax(x, y, kh, kw, sh, sw, pt, pl, out):  # first offset equal to the maximum y (or NaN)
-    n_, h_, w_, c_ = x.shape
-    ho_, wo_ = out.shape[1], out.shape[2]
-    for n in range(n_):
-        for a in range(ho_):
-            for b in range(wo_):
-                for c in range(c_):
-                    out[n, a, b, c] = -1
+    for n in range(out.shape[0]):
+        for a in range(out.shape[1]):
+            for b in range(out.shape[2]):
+                out[n, a, b, :] = -1
                 for i in range(kh):
-                    h = a * sh + i - pt
                     for j in range(kw):
-                        w = b * sw + j - pl
-                        inside = 0 <= h < h_ and 0 <= w < w_
-                        for c in range(c_):
+                        for c in range(out.shape[3]):
                             if out[n, a, b, c] < 0:
-                                v = NEG_INF
-                                if inside:
-                                    v = x[n, h, w, c]
+                                v = _entry(x, n, a * sh + i - pt, b * sw + j - pl, c, NEG_INF)
                                 if v == y[n, a, b, c] or v != v:
                                     out[n, a, b, c] = i * kw + j
 
 
 @njit(nogil=True, cache=True)
 def _pool_gather(x, idx, kw, sh, sw, pt, pl, out):  # the entry at each window's offset; 0 outside
-    n_, h_, w_, c_ = x.shape
-    ho_, wo_ = out.shape[1], out.shape[2]
-    for n in range(n_):
-        for a in range(ho_):
-            for b in range(wo_):
-                for c in range(c_):
+    for n in range(out.shape[0]):
+        for a in range(out.shape[1]):
+            for b in range(out.shape[2]):
+                for c in range(out.shape[3]):
                     k = idx[n, a, b, c]
                     h, w = a * sh + k // kw - pt, b * sw + k % kw - pl
-                    if 0 <= h < h_ and 0 <= w < w_:
+                    if 0 <= h < x.shape[1] and 0 <= w < x.shape[2]:
                         out[n, a, b, c] = x[n, h, w, c]
-                    else:
+                    else:  # a branch, not _entry: a literal 0 would make the value float64
                         out[n, a, b, c] = 0
 
 
 @njit(nogil=True, cache=True)
 def _pool_scatter(g, idx, kw, sh, sw, pt, pl, out):  # the adjoint of _pool_gather, summed
-    n_, h_, w_, c_ = out.shape
-    ho_, wo_ = g.shape[1], g.shape[2]
-    for n in range(n_):
+    for n in range(out.shape[0]):
         out[n] = 0
-        for a in range(ho_):
-            for b in range(wo_):
-                for c in range(c_):
+        for a in range(g.shape[1]):
+            for b in range(g.shape[2]):
+                for c in range(g.shape[3]):
                     k = idx[n, a, b, c]
                     h, w = a * sh + k // kw - pt, b * sw + k % kw - pl
-                    if 0 <= h < h_ and 0 <= w < w_:
+                    if 0 <= h < out.shape[1] and 0 <= w < out.shape[2]:
                         out[n, h, w, c] += g[n, a, b, c]
 
 
