@@ -291,16 +291,17 @@ BUILDERS = {"add": add, "mul": mul, "div": div, "pow": power, "neg": neg, "where
 
 # --- the reference interpreter ---
 
-def _numpy_table(xp):
+def array_table(xp):
+    """Op name -> the array function computing it: ufuncs (which also take ``out=``, see the NumPy
+    backend's ufunc kernels) for all but sigmoid and where."""
     return {
-        "add": lambda a, b: a + b, "mul": lambda a, b: a * b, "div": lambda a, b: a / b,
-        "pow": lambda a, b: a ** b, "neg": lambda a: -a,
+        "add": xp.add, "mul": xp.multiply, "div": xp.divide, "pow": xp.power, "neg": xp.negative,
         "exp": xp.exp, "log": xp.log, "log1p": xp.log1p, "sqrt": xp.sqrt, "tanh": xp.tanh,
-        "abs": xp.abs, "sign": xp.sign,
+        "abs": xp.absolute, "sign": xp.sign,
         "sigmoid": lambda a: 0.5 * xp.tanh(0.5 * a) + 0.5,  # stable: no overflow for large |a|
         "where": xp.where,
-        "lt": lambda a, b: a < b, "le": lambda a, b: a <= b, "gt": lambda a, b: a > b,
-        "ge": lambda a, b: a >= b, "eq": lambda a, b: a == b, "ne": lambda a, b: a != b,
+        "lt": xp.less, "le": xp.less_equal, "gt": xp.greater, "ge": xp.greater_equal, "eq": xp.equal,
+        "ne": xp.not_equal,
     }
 
 
@@ -310,7 +311,7 @@ def evaluate(exprs, env: dict, xp):
     ``env`` maps variable names to arrays (or scalars). Constants stay Python floats, so NumPy's
     weak-scalar promotion keeps float32 inputs in float32.
     """
-    table = _numpy_table(xp)
+    table = array_table(xp)
     memo = {}
 
     def ev(n):

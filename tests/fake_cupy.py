@@ -42,6 +42,8 @@ class RawKernel:
 def module():
     m = types.ModuleType("cupy")
     for name in ("ndarray", "asarray", "empty", "empty_like", "zeros", "zeros_like", "matmul", "sum", "ascontiguousarray",
+                 "add", "divide", "power", "negative", "absolute", "less", "less_equal", "greater",
+                 "greater_equal", "equal", "not_equal",
                  "multiply", "copyto", "isfinite", "float32", "float64", "exp", "log", "where", "maximum",
                  "broadcast_to", "reshape", "transpose", "max", "arange", "shape", "result_type", "log1p",
                  "tanh", "sqrt", "abs", "sign", "prod", "argmax", "take_along_axis", "ones", "concatenate",

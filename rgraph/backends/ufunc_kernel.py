@@ -16,10 +16,7 @@ import numpy as np
 from .. import expr as ex
 from ..op import empty, memory_order
 
-UFUNCS = {"add": np.add, "mul": np.multiply, "div": np.divide, "pow": np.power, "neg": np.negative,
-          "exp": np.exp, "log": np.log, "log1p": np.log1p, "sqrt": np.sqrt, "tanh": np.tanh,
-          "abs": np.absolute, "sign": np.sign, "lt": np.less, "le": np.less_equal, "gt": np.greater,
-          "ge": np.greater_equal, "eq": np.equal, "ne": np.not_equal}
+UFUNCS = {name: fn for name, fn in ex.array_table(np).items() if isinstance(fn, np.ufunc)}
 _pools = threading.local()
 
 
