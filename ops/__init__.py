@@ -8,7 +8,8 @@ from rgraph.op import REGISTRY as _REGISTRY
 
 CORE_OPS = tuple(_REGISTRY)  # the elementwise, linalg and loss families (tests require a checker case for each)
 
-from .conv import col2im, col2im_op, im2col_op, conv2d, conv2d_input_grad, conv2d_weight_grad, im2col, windows, windows_adjoint  # noqa: E402
+from .conv import (col2im, col2im_op, conv2d, conv2d_input_grad, conv2d_weight_grad, im2col, im2col_op, weight_matrix,
+                   weights_from_matrix, weights_to_matrix, windows, windows_adjoint)  # noqa: E402
 from .norm import batchnorm, batchnorm1d, rsqrt  # noqa: E402
 from .pool import (argmax, avgpool2d, flatten, gather, global_avgpool, maxpool2d, pool_argmax, pool_argmax_op, pool_max_op,
                    pool_gather, pool_gather_op, pool_scatter, pool_scatter_op, scatter)  # noqa: E402

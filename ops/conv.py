@@ -1,18 +1,21 @@
 """Convolution as im2col + one GEMM, built on two pairs of linear primitives, each the other's VJP:
 
-    im2col(x)   (N, C, H, W) -> (N, Ho*Wo, C*kh*kw)      the patch matrix of a GEMM convolution
-    col2im(g)   (N, Ho*Wo, C*kh*kw) -> (N, C, H, W)      scatter-add each patch back (its adjoint)
+    im2col(x)   (N, C, H, W) -> (N, Ho*Wo, kh*kw*C)      the patch matrix of a GEMM convolution
+    col2im(g)   (N, Ho*Wo, kh*kw*C) -> (N, C, H, W)      scatter-add each patch back (its adjoint)
     windows(x)  (N, C, H, W) -> (N, C, Ho, Wo, kh, kw)   every kh x kw window (a strided view)
     windows_adjoint(g)        -> (N, C, H, W)            scatter-add each window back
 
 Being linear and each other's VJP, every pass of a convolutional network, the Hessian pass included,
 is derived. Output size: floor((h + pad_top + pad_bottom - k) / s) + 1.
 
-    conv2d(x, W, b) = im2col(x) @ reshape(W, (O, C*kh*kw))^T -> transposed to (N, O, Ho, Wo), plus b
+    conv2d(x, W, b) = im2col(x) @ weight_matrix(W)^T -> transposed to (N, O, Ho, Wo), plus b
 
-im2col and col2im copy or add whole blocks, one per kernel offset, through an NHWC staging buffer,
-so each block move runs over contiguous channel runs; they work per sample (``per_sample``), which lets
-the NumPy backend run them on cache-sized batch chunks across threads.
+Patch columns run (kh, kw, C), channels fastest: an NHWC image (the memory order of a convolution's
+GEMM result and of the pooling ops' outputs) then moves into and out of a patch row in contiguous runs
+of C, both in these kernels' block copies through an NHWC staging buffer and in the NumPy backend's
+compiled loops. ``weight_matrix`` lays the OIHW weights out in the same column order. The kernels work
+per sample (``per_sample``), which lets the NumPy backend run them on cache-sized batch chunks across
+threads.
 """
 import numpy as np
 
@@ -138,8 +141,8 @@ def _offsets(kernel, stride, out_hw):
 
 
 class Im2col(Op):
-    """The patch matrix of a zero-padded NCHW image: (N, C, H, W) -> (N, Ho*Wo, C*kh*kw), columns
-    ordered (C, kh, kw) to match ``W.reshape(O, -1)``. Linear; vjp: col2im(g). R{im2col(x)} = im2col(R{x})."""
+    """The patch matrix of a zero-padded NCHW image: (N, C, H, W) -> (N, Ho*Wo, kh*kw*C), columns
+    ordered (kh, kw, C) as in ``weight_matrix(W)``. Linear; vjp: col2im(g). R{im2col(x)} = im2col(R{x})."""
     name, linear_in, per_sample, writes_out = "im2col", (0,), True, True
 
     def infer(self, x, kernel, stride, padding):
@@ -147,7 +150,7 @@ class Im2col(Op):
         if x.ndim != 4:
             raise ShapeError(f"expects an NCHW input, got {fmt_shape(x.shape)}")
         ho, wo = window_shape(x.shape[2:], kernel, stride, padding)
-        return Type((x.shape[0], ho * wo, x.shape[1] * kernel[0] * kernel[1]), FLOAT)
+        return Type((x.shape[0], ho * wo, kernel[0] * kernel[1] * x.shape[1]), FLOAT)
 
     def forward(self, xp, x, kernel, stride, padding, out=None):
         (kh, kw), ((pt, pb), (pl, pr)) = kernel, padding
@@ -156,10 +159,10 @@ class Im2col(Op):
         staged = xp.zeros((n, h + pt + pb, w + pl + pr, c), dtype=x.dtype)  # NHWC: channel runs contiguous
         staged[:, pt:pt + h, pl:pl + w, :] = x.transpose(0, 2, 3, 1)
         if out is None:
-            out = xp.empty((n, ho * wo, c * kh * kw), dtype=x.dtype)
-        blocks = out.reshape(n, ho, wo, c, kh, kw)
+            out = xp.empty((n, ho * wo, kh * kw * c), dtype=x.dtype)
+        blocks = out.reshape(n, ho, wo, kh, kw, c)
         for i, j, rows, cols in _offsets(kernel, stride, (ho, wo)):
-            blocks[..., i, j] = staged[:, rows, cols, :]
+            blocks[:, :, :, i, j, :] = staged[:, rows, cols, :]
         return out
 
     def vjp(self, node, g):
@@ -167,7 +170,7 @@ class Im2col(Op):
 
 
 class Col2im(Op):
-    """Scatter-add patches back into an image, cropping the padding: (N, Ho*Wo, C*kh*kw) -> (N, C, H, W).
+    """Scatter-add patches back into an image, cropping the padding: (N, Ho*Wo, kh*kw*C) -> (N, C, H, W).
     The adjoint of im2col; vjp: im2col(g)."""
     name, linear_in, per_sample, writes_out = "col2im", (0,), True, True
     out_order = (0, 2, 3, 1)  # NHWC in memory: the copy out of the NHWC staging runs over channels
@@ -175,7 +178,7 @@ class Col2im(Op):
     def infer(self, g, image, kernel, stride, padding):
         require_float(self, g)
         ho, wo = window_shape(image[1:], kernel, stride, padding)
-        expected = (ho * wo, image[0] * kernel[0] * kernel[1])
+        expected = (ho * wo, kernel[0] * kernel[1] * image[0])
         if g.ndim != 3 or g.shape[1:] != expected:
             raise ShapeError(f"expects patches (N,) + {expected}, got {fmt_shape(g.shape)}")
         return Type(g.shape[:1] + tuple(image), FLOAT)
@@ -184,10 +187,10 @@ class Col2im(Op):
         (kh, kw), ((pt, pb), (pl, pr)) = kernel, padding
         (c, h, w), n = image, g.shape[0]
         ho, wo = window_shape((h, w), kernel, stride, padding)
-        blocks = g.reshape(n, ho, wo, c, kh, kw)
+        blocks = g.reshape(n, ho, wo, kh, kw, c)
         staged = xp.zeros((n, h + pt + pb, w + pl + pr, c), dtype=g.dtype)
         for i, j, rows, cols in _offsets(kernel, stride, (ho, wo)):
-            staged[:, rows, cols, :] += blocks[..., i, j]
+            staged[:, rows, cols, :] += blocks[:, :, :, i, j, :]
         if out is None:
             out = empty(xp, (n, c, h, w), g.dtype, self.out_order)
         out[...] = staged[:, pt:pt + h, pl:pl + w, :].transpose(0, 3, 1, 2)
@@ -201,15 +204,36 @@ im2col_op, col2im_op = register(Im2col()), register(Col2im())
 
 
 def im2col(x, kernel, stride=1, padding=0):
-    """Patches (N, Ho*Wo, C*kh*kw), columns ordered (C, kh, kw) to match ``W.reshape(O, -1)``."""
+    """Patches (N, Ho*Wo, kh*kw*C), columns ordered (kh, kw, C) as in ``weight_matrix(W)``."""
     kernel, stride, padding = pair(kernel, "kernel"), pair(stride, "stride"), padding_pairs(padding)
     return im2col_op(x, kernel=kernel, stride=stride, padding=padding)
 
 
 def col2im(g, image, kernel, stride=1, padding=0):
-    """The adjoint of im2col: patches (N, Ho*Wo, C*kh*kw) summed back into an image of shape (C, H, W)."""
+    """The adjoint of im2col: patches (N, Ho*Wo, kh*kw*C) summed back into an image of shape (C, H, W)."""
     kernel, stride, padding = pair(kernel, "kernel"), pair(stride, "stride"), padding_pairs(padding)
     return col2im_op(g, image=tuple(image), kernel=kernel, stride=stride, padding=padding)
+
+
+PATCH_AXES = (0, 2, 3, 1)          # OIHW weight axes in patch-column order: (O, kh, kw, C)
+PATCH_AXES_INVERSE = (0, 3, 1, 2)
+
+
+def weight_matrix(W):
+    """OIHW weights (O, C, kh, kw) -> (O, kh*kw*C), columns in im2col's order (a graph value)."""
+    o, c, kh, kw = W.shape
+    return reshape(transpose(W, PATCH_AXES), (o, kh * kw * c))
+
+
+def weights_to_matrix(W):
+    """``weight_matrix`` on an array (KFAC lays out its Kronecker factors as the GEMM does)."""
+    return W.transpose(PATCH_AXES).reshape(W.shape[0], -1)
+
+
+def weights_from_matrix(M, shape):
+    """The inverse of ``weights_to_matrix``: (O, kh*kw*C) -> an array of OIHW ``shape``."""
+    o, c, kh, kw = shape
+    return M.reshape(o, kh, kw, c).transpose(PATCH_AXES_INVERSE)
 
 
 def conv2d(x, W, b=None, stride=1, padding=0):
@@ -225,7 +249,7 @@ def conv2d(x, W, b=None, stride=1, padding=0):
     stride, padding = pair(stride, "stride"), padding_pairs(padding)
     ho, wo = window_shape(x.shape[2:], (kh, kw), stride, padding)
     patches = im2col(x, (kh, kw), stride, padding)
-    y = matmul(patches, reshape(W, (o, c * kh * kw)), transpose_b=True)        # (N, Ho*Wo, O)
+    y = matmul(patches, weight_matrix(W), transpose_b=True)                    # (N, Ho*Wo, O)
     y = reshape(transpose(y, (0, 2, 1)), (x.shape[0], o, ho, wo))
     if b is not None:
         if b.shape != (o,):
@@ -241,7 +265,7 @@ def conv2d_input_grad(g, W, image, stride=1, padding=0):
     stride, padding = pair(stride, "stride"), padding_pairs(padding)
     n, _, ho, wo = g.shape
     rows = reshape(transpose(reshape(g, (n, o, ho * wo)), (0, 2, 1)), (n, ho * wo, o))
-    cols = matmul(rows, reshape(W, (o, c * kh * kw)))                           # (N, Ho*Wo, C*kh*kw)
+    cols = matmul(rows, weight_matrix(W))                                       # (N, Ho*Wo, kh*kw*C)
     return col2im(cols, image, (kh, kw), stride, padding)
 
 
@@ -251,4 +275,4 @@ def conv2d_weight_grad(x, g, kernel, stride=1, padding=0):
     n, o, ho, wo = g.shape
     rows = transpose(reshape(g, (n, o, ho * wo)), (0, 2, 1))                    # (N, Ho*Wo, O)
     patches = im2col(x, (kh, kw), stride, padding)
-    return reshape(matmul(rows, patches, transpose_a=True), (o, x.shape[1], kh, kw))
+    return transpose(reshape(matmul(rows, patches, transpose_a=True), (o, kh, kw, x.shape[1])), PATCH_AXES_INVERSE)

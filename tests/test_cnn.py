@@ -113,10 +113,13 @@ def test_max_pooling_propagates_nan_like_numpy_argmax():
     assert np.isnan(out).all()
 
 
-@pytest.mark.parametrize("kernel, stride, padding", POOL_CASES + [((2, 3), (2, 3), ((0, 1), (0, 0)))])
-def test_numpy_backend_pool_and_patch_kernels_match_the_reference_kernels(kernel, stride, padding, monkeypatch):
-    """The NumPy backend's Numba pooling kernels and its batch-chunked, threaded per-sample kernels
-    (forced to one-sample chunks here) give the ops' own kernels' results, with and without out=."""
+@pytest.mark.parametrize("memory", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("kernel, stride, padding", POOL_CASES + [((2, 3), (2, 3), ((0, 1), (0, 0))), (3, 1, 1)])
+def test_numpy_backend_pool_and_patch_kernels_match_the_reference_kernels(kernel, stride, padding, memory,
+                                                                          monkeypatch):
+    """The NumPy backend's Numba pooling and patch kernels and its batch-chunked, threaded per-sample
+    kernels (forced to one-sample chunks here) give the ops' own kernels' results, with and without
+    out=, on inputs in either memory order."""
     from rgraph.backends import numpy as nb
     from rgraph.ops.conv import pair, padding_pairs
     monkeypatch.setattr(nb, "CHUNK_BYTES", 1)
@@ -124,6 +127,8 @@ def test_numpy_backend_pool_and_patch_kernels_match_the_reference_kernels(kernel
     geo = dict(kernel=pair(kernel, "k"), stride=pair(kernel if stride is None else stride, "s"),
                padding=padding_pairs(padding))
     x = rng.integers(0, 3, (5, 3, 7, 6)).astype(np.float32)   # ties: the first maximum must win
+    if memory == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     be = nb.BACKEND
     y = ops.pool_max_op.forward(np, x, **geo)
     for op, args in [(ops.pool_argmax_op, (x, y)), (ops.pool_max_op, (x,)), (ops.im2col_op, (x,))]:

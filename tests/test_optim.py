@@ -171,18 +171,19 @@ def test_fitre_kfac_plus_gradient_picks_the_lower_model_value():
 # --- KFAC --------------------------------------------------------------------------------------
 
 def test_kfac_factors_equal_a_direct_computation_for_dense_and_conv_layers():
-    g = nn.Sequential([nn.Conv2d(2, 3, padding=1), nn.Activation("tanh"), nn.Flatten(), nn.Dense(3)], (1, 4, 4), 3)
+    g = nn.Sequential([nn.Conv2d(2, 3, padding=1), nn.Activation("tanh"), nn.Flatten(), nn.Dense(3)], (2, 4, 4), 3)
     prog = rg.compile(g)
-    x, y = rng.standard_normal((5, 1, 4, 4)), rng.integers(0, 3, 5)
+    x, y = rng.standard_normal((5, 2, 4, 4)), rng.integers(0, 3, 5)
     theta = prog.init_params(0)
     st = prog.bind(theta, {"x": x, "y": y})
     u = rng.standard_normal((5, 3))
     taps = st.taps(u)
     pre = KFACPreconditioner(prog)
     factors = pre.factors(taps)
-    # conv: patches by explicit loops over positions
+    # conv: patches by explicit loops over positions, columns (kh, kw, C)
     xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    patches = np.array([[xp[n, :, i:i + 3, j:j + 3].ravel() for i in range(4) for j in range(4)] for n in range(5)])
+    patches = np.array([[xp[n, :, i:i + 3, j:j + 3].transpose(1, 2, 0).ravel() for i in range(4) for j in range(4)]
+                        for n in range(5)])
     a = np.concatenate([patches, np.ones((5, 16, 1))], axis=2)
     A_direct = sum(np.outer(a[n, p], a[n, p]) for n in range(5) for p in range(16)) / 80
     gc = taps["conv1.W"][1]
@@ -190,8 +191,8 @@ def test_kfac_factors_equal_a_direct_computation_for_dense_and_conv_layers():
     np.testing.assert_allclose(taps["conv1.W"][0], patches, rtol=1e-12)
     np.testing.assert_allclose(factors["conv1.W"][0], A_direct, rtol=1e-12)
     np.testing.assert_allclose(factors["conv1.W"][1], G_direct, rtol=1e-12)
-    # conv weight gradient from the taps: sum over samples and positions of g a^T
-    dW = np.einsum("npo,npk->ok", gc, patches).reshape(2, 1, 3, 3)
+    # conv weight gradient from the taps: sum over samples and positions of g a^T, back to OIHW
+    dW = np.einsum("npo,npk->ok", gc, patches).reshape(2, 3, 3, 2).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(dW, prog.view(st.jtu(u))["conv1.W"], rtol=1e-10)
     # dense
     ad, gd = taps["fc1.W"]
@@ -199,6 +200,23 @@ def test_kfac_factors_equal_a_direct_computation_for_dense_and_conv_layers():
     np.testing.assert_allclose(factors["fc1.W"][0], a1.T @ a1 / 5, rtol=1e-12)
     np.testing.assert_allclose(factors["fc1.W"][1], gd.T @ gd / 5, rtol=1e-12)
     np.testing.assert_allclose(gd, u, rtol=1e-12)
+
+
+def test_kfac_direction_of_a_conv_layer_is_the_kronecker_inverse_in_patch_column_order():
+    """A_inv V G_inv with V's rows in the patch columns' order (kh, kw, C), mapped back to OIHW."""
+    g = nn.Sequential([nn.Conv2d(2, 3, padding=1), nn.Activation("tanh"), nn.Flatten(), nn.Dense(3)], (2, 4, 4), 3)
+    prog = rg.compile(g)
+    st = prog.bind(prog.init_params(0), {"x": rng.standard_normal((5, 2, 4, 4)), "y": rng.integers(0, 3, 5)})
+    pre = KFACPreconditioner(prog, damping=0.1)
+    pre.update(st, np.random.default_rng(0))
+    grad = prog.view(st.grad)
+    direction = prog.view(pre.direction(st.grad))
+    Ainv, Ginv = pre.inv["conv1.W"]
+    W, b = grad["conv1.W"], grad["conv1.b"]                                # (2, 2, 3, 3), (2,)
+    V = np.vstack([W.transpose(2, 3, 1, 0).reshape(18, 2), b[None]])      # rows (kh, kw, C) then the bias
+    U = Ainv @ V @ Ginv
+    np.testing.assert_allclose(direction["conv1.W"], U[:-1].reshape(3, 3, 2, 2).transpose(3, 2, 0, 1), rtol=1e-10)
+    np.testing.assert_allclose(direction["conv1.b"], U[-1], rtol=1e-10)
 
 
 def test_kfac_direction_equals_the_explicit_kronecker_inverse():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rgraph.ops import weights_from_matrix, weights_to_matrix
 from .base import Optimizer, finite, register
 
 
@@ -116,13 +117,13 @@ class KFACPreconditioner:
 
 def _as_matrix(W, b):
     """Dense (in, out) or conv (O, C, kh, kw) weights -> (in, out), with the bias as a last row."""
-    M = W if W.ndim == 2 else W.reshape(W.shape[0], -1).T
+    M = W if W.ndim == 2 else weights_to_matrix(W).T
     return M if b is None else np.vstack([M, b[None, :]])
 
 
 def _from_matrix(U, W_out, b_out):
     M = U[:-1] if b_out is not None else U
-    W_out[...] = M if W_out.ndim == 2 else M.T.reshape(W_out.shape)
+    W_out[...] = M if W_out.ndim == 2 else weights_from_matrix(M.T, W_out.shape)
     if b_out is not None:
         b_out[...] = U[-1]
 
