@@ -21,23 +21,24 @@ NEG_INF = -np.inf
 NHWC = (0, 2, 3, 1)
 
 
-@njit(inline="always")
-def _entry(x, n, h, w, c, fill):  # x[n, h, w, c], or ``fill`` outside the image (the padding)
-    return x[n, h, w, c] if 0 <= h < x.shape[1] and 0 <= w < x.shape[2] else fill
-
+# Each kernel walks the windows (n, a, b) and their in-image offsets (i, j), bounds checked once per
+# offset, with the channel loop innermost and branch-free enough for LLVM to vectorise it: selecting by
+# comparing the argmax offset with k beats looking entries up by it (measured 4-5x on VGG-mini's layer 1).
 
 @njit(nogil=True, cache=True)
-def _pool_max(x, kh, kw, sh, sw, pt, pl, out):  # a NaN is the maximum
+def _pool_max(x, kh, kw, sh, sw, pt, pl, out):  # a NaN is the maximum; padding (-inf) never wins
     for n in range(out.shape[0]):
         for a in range(out.shape[1]):
             for b in range(out.shape[2]):
                 out[n, a, b, :] = NEG_INF
                 for i in range(kh):
+                    h = a * sh + i - pt
                     for j in range(kw):
-                        for c in range(out.shape[3]):
-                            m, v = out[n, a, b, c], _entry(x, n, a * sh + i - pt, b * sw + j - pl, c, NEG_INF)
-                            if m == m and not v <= m:
-                                out[n, a, b, c] = v
+                        w = b * sw + j - pl
+                        if 0 <= h < x.shape[1] and 0 <= w < x.shape[2]:
+                            for c in range(out.shape[3]):
+                                m, v = out[n, a, b, c], x[n, h, w, c]
+                                out[n, a, b, c] = m if m != m or v <= m else v
 
 
 @njit(nogil=True, cache=True)
@@ -47,39 +48,46 @@ def _pool_argmax(x, y, kh, kw, sh, sw, pt, pl, out):  # first offset equal to th
             for b in range(out.shape[2]):
                 out[n, a, b, :] = -1
                 for i in range(kh):
+                    h = a * sh + i - pt
                     for j in range(kw):
+                        w, k = b * sw + j - pl, i * kw + j
+                        inside = 0 <= h < x.shape[1] and 0 <= w < x.shape[2]
                         for c in range(out.shape[3]):
-                            if out[n, a, b, c] < 0:
-                                v = _entry(x, n, a * sh + i - pt, b * sw + j - pl, c, NEG_INF)
-                                if v == y[n, a, b, c] or v != v:
-                                    out[n, a, b, c] = i * kw + j
+                            v = x[n, h, w, c] if inside else NEG_INF   # the padding reads -inf
+                            if out[n, a, b, c] < 0 and (v == y[n, a, b, c] or v != v):
+                                out[n, a, b, c] = k
 
 
 @njit(nogil=True, cache=True)
-def _pool_gather(x, idx, kw, sh, sw, pt, pl, out):  # the entry at each window's offset; 0 outside
+def _pool_gather(x, idx, kh, kw, sh, sw, pt, pl, out):  # the entry at each window's offset; 0 outside
     for n in range(out.shape[0]):
         for a in range(out.shape[1]):
             for b in range(out.shape[2]):
-                for c in range(out.shape[3]):
-                    k = idx[n, a, b, c]
-                    h, w = a * sh + k // kw - pt, b * sw + k % kw - pl
-                    if 0 <= h < x.shape[1] and 0 <= w < x.shape[2]:
-                        out[n, a, b, c] = x[n, h, w, c]
-                    else:  # a branch, not _entry: a literal 0 would make the value float64
-                        out[n, a, b, c] = 0
+                out[n, a, b, :] = 0
+                for i in range(kh):
+                    h = a * sh + i - pt
+                    for j in range(kw):
+                        w, k = b * sw + j - pl, i * kw + j
+                        if 0 <= h < x.shape[1] and 0 <= w < x.shape[2]:
+                            for c in range(out.shape[3]):
+                                if idx[n, a, b, c] == k:
+                                    out[n, a, b, c] = x[n, h, w, c]
 
 
 @njit(nogil=True, cache=True)
-def _pool_scatter(g, idx, kw, sh, sw, pt, pl, out):  # the adjoint of _pool_gather, summed
+def _pool_scatter(g, idx, kh, kw, sh, sw, pt, pl, out):  # the adjoint of _pool_gather, summed
     for n in range(out.shape[0]):
         out[n] = 0
         for a in range(g.shape[1]):
             for b in range(g.shape[2]):
-                for c in range(g.shape[3]):
-                    k = idx[n, a, b, c]
-                    h, w = a * sh + k // kw - pt, b * sw + k % kw - pl
-                    if 0 <= h < out.shape[1] and 0 <= w < out.shape[2]:
-                        out[n, h, w, c] += g[n, a, b, c]
+                for i in range(kh):
+                    h = a * sh + i - pt
+                    for j in range(kw):
+                        w, k = b * sw + j - pl, i * kw + j
+                        if 0 <= h < out.shape[1] and 0 <= w < out.shape[2]:
+                            for c in range(g.shape[3]):
+                                if idx[n, a, b, c] == k:
+                                    out[n, h, w, c] += g[n, a, b, c]
 
 
 @njit(nogil=True, cache=True)
@@ -144,13 +152,13 @@ def pool_argmax(xp, x, y, kernel, stride, padding, out=None):
 
 def pool_gather(xp, x, idx, kernel, stride, padding, out=None):
     result = _result(out, idx.shape, x.dtype)
-    _pool_gather(_nhwc(x), _nhwc(idx), *_geometry(kernel, stride, padding)[1:], _nhwc(result))
+    _pool_gather(_nhwc(x), _nhwc(idx), *_geometry(kernel, stride, padding), _nhwc(result))
     return result
 
 
 def pool_scatter(xp, g, idx, image, kernel, stride, padding, out=None):
     result = _result(out, g.shape[:1] + tuple(image), g.dtype)
-    _pool_scatter(_nhwc(g), _nhwc(idx), *_geometry(kernel, stride, padding)[1:], _nhwc(result))
+    _pool_scatter(_nhwc(g), _nhwc(idx), *_geometry(kernel, stride, padding), _nhwc(result))
     return result
 
 
