@@ -34,7 +34,7 @@ class Argmax(Op):
 class Gather(Op):
     """y[...] = x[..., idx[...]]: pick one entry of the last axis. Linear in x.
     vjp: scatter(g, idx, K). R{y} = gather(R{x}, idx)."""
-    name, linear_in, nondiff = "gather", (0,), (1,)
+    name, linear_in, nondiff, selection = "gather", (0,), (1,), "gather"
 
     def infer(self, x, idx):
         require_float(self, x)
@@ -49,10 +49,13 @@ class Gather(Op):
         x, idx = node.inputs
         return [scatter(g, idx, x.shape[-1]), None]
 
+    def select(self, node, x):
+        return gather(x, node.inputs[1])
+
 
 class Scatter(Op):
     """y[..., k] = g[...] if k == idx[...] else 0: the adjoint of gather. vjp: gather(g, idx)."""
-    name, linear_in, nondiff = "scatter", (0,), (1,)
+    name, linear_in, nondiff, selection = "scatter", (0,), (1,), "scatter"
 
     def infer(self, g, idx, size):
         require_float(self, g)
@@ -65,6 +68,9 @@ class Scatter(Op):
 
     def vjp(self, node, g):
         return [gather(g, node.inputs[1]), None]
+
+    def select(self, node, x):
+        return gather(x, node.inputs[1])
 
 
 argmax_op, gather_op, scatter_op = register(Argmax()), register(Gather()), register(Scatter())
@@ -161,6 +167,7 @@ class PoolGather(Op):
     """y[n, c, i, j] = the entry of window (i, j) of the zero-padded x at offset idx[n, c, i, j].
     Linear in x; vjp: pool_scatter(g, idx). R{y} = pool_gather(R{x}, idx)."""
     name, linear_in, nondiff, per_sample, writes_out = "pool_gather", (0,), (1,), True, True
+    selection = "gather"
     out_order = (0, 2, 3, 1)  # NHWC in memory, as the activations around a convolution
 
     def infer(self, x, idx, kernel, stride, padding):
@@ -185,11 +192,15 @@ class PoolGather(Op):
         x, idx = node.inputs
         return [pool_scatter(g, idx, x.shape[1:], **_geometry(node)), None]
 
+    def select(self, node, x):
+        return pool_gather(x, node.inputs[1], **_geometry(node))
+
 
 class PoolScatter(Op):
     """The adjoint of pool_gather: each g[n, c, i, j] added at offset idx[n, c, i, j] of window (i, j),
     padding cropped: (N, C, Ho, Wo) -> (N, C, H, W). vjp: pool_gather(g, idx)."""
     name, linear_in, nondiff, per_sample, writes_out = "pool_scatter", (0,), (1,), True, True
+    selection = "scatter"
     out_order = (0, 2, 3, 1)  # NHWC in memory: the next GEMM reads this cotangent as (N*H*W, C) rows
 
     def infer(self, g, idx, image, kernel, stride, padding):
@@ -222,6 +233,9 @@ class PoolScatter(Op):
 
     def vjp(self, node, g):
         return [pool_gather(g, node.inputs[1], **_geometry(node)), None]
+
+    def select(self, node, x):
+        return pool_gather(x, node.inputs[1], **_geometry(node))
 
 
 pool_max_op, pool_argmax_op = register(PoolMax()), register(PoolArgmax())

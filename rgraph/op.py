@@ -17,6 +17,16 @@ Defaults derived from declarations:
 * only a ``vjp``: R{out} is the VJP of the (linear) VJP, taken with a dummy cotangent w
   (the two-VJP construction): J v = d/dw <vjp(w), v>.
 
+Selections: an op whose matrix is 0/1 with one 1 per output entry at most (a gather: each output entry
+is one entry of input 0, or zero) or its transpose (a scatter: each entry of input 0 is added into one
+output entry) declares ``selection = "gather"`` or ``"scatter"`` and ``select(node, x)``, the gather of
+the same entries. Such an op commutes with an elementwise product,
+
+    gather(a * b) = gather(a) * gather(b)        scatter(a) * b = scatter(a * gather(b))
+
+which the compiler uses to move the product of a v-independent factor to the smaller side (the
+factor's gather is then computed once per batch).
+
 Attributes: an attribute ``shape`` may hold None (the batch size) and an attribute ``dtype`` may be
 FLOAT (the compute dtype); both are made concrete when a program is specialised to a batch.
 """
@@ -77,6 +87,7 @@ class Op:
     out_order = None
     kind = "primitive"  # "elementwise" ops may be fused; "gemm" ops are counted by the cost model
     is_leaf = False
+    selection = None    # "gather" or "scatter": see select
 
     def __call__(self, *inputs, **attrs) -> Value:
         inputs = [as_value(x) for x in inputs]
@@ -128,6 +139,11 @@ class Op:
         if jv is not None and w in topo_order([jv]):
             raise RuleError(f"op {self.name!r}: its vjp is not linear in the cotangent, so no rop can be derived")
         return jv
+
+    def select(self, node, x) -> Value:
+        """For a selection op: the gather of the entries ``node`` selects from (a gather) or adds into
+        (a scatter), applied to ``x``, shaped like a gather's input 0 or a scatter's output."""
+        raise RuleError(f"op {self.name!r} declares no selection")
 
     def attrs_key(self, attrs) -> tuple:
         """A hashable key of the attributes (CSE identifies nodes by op, attributes and inputs)."""

@@ -308,3 +308,35 @@ def test_vector_stage_learns_memory_orders_so_conv_gemms_read_no_strided_operand
     _, vector = prog.instructions("gv", 5)
     gemm_operands = [st._vals[i] for _, ins, _, node in vector if node.op.kind == "gemm" for i in ins]
     assert all(a.flags.c_contiguous for a in gemm_operands if a.ndim >= 3)
+
+
+def test_selection_ops_commute_with_elementwise_products():
+    """The identities behind ``Op.selection``: gather(a * b) = gather(a) * select(b) and
+    scatter(a) * b = scatter(a * select(b)), for every op declaring a selection (padded, overlapping
+    windows included)."""
+    geo = dict(kernel=(3, 3), stride=(2, 2), padding=((1, 1), (1, 1)))
+    x = rng.standard_normal((2, 3, 5, 6))
+    idx = ops.pool_argmax_op.forward(np, x, ops.pool_max_op.forward(np, x, **geo), **geo)
+    last = rng.integers(0, 4, (2, 3))
+    X, I, L = leaf(PARAM, "x", x.shape), leaf(PARAM, "idx", idx.shape, "int64"), leaf(PARAM, "l", last.shape, "int64")
+    cases = [(lambda a: ops.pool_gather(a, I, **geo), (2, 3, 5, 6)),
+             (lambda a: ops.pool_scatter(a, I, (3, 5, 6), **geo), idx.shape),
+             (lambda a: ops.gather(a, L), (2, 3, 4)), (lambda a: ops.scatter(a, L, 4), (2, 3))]
+    env = {I: idx, L: last, X: x}
+    for make, shape in cases:
+        A = leaf(PARAM, "a", shape)
+        node = make(A)
+        assert node.op.selection in ("gather", "scatter")
+        a = rng.standard_normal(shape)
+        big = x if node.op.selection == "scatter" and node.shape == x.shape else rng.standard_normal(
+            node.inputs[0].shape if node.op.selection == "gather" else node.shape)
+        B = leaf(PARAM, "b", big.shape)
+        env.update({A: a, B: big})
+        if node.op.selection == "gather":
+            left = rg.evaluate(make(A * B), env)
+            right = rg.evaluate(node, env) * rg.evaluate(node.op.select(node, B), env)
+        else:
+            left = rg.evaluate(node, env) * big
+            right = rg.evaluate(make(A * node.op.select(node, B)), env)
+        np.testing.assert_allclose(left, right, rtol=1e-12, atol=1e-14)
+        assert np.abs(left).max() > 0

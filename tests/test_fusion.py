@@ -153,3 +153,23 @@ def test_float32_kernels_stay_float32():
             if node.op.kind == "fused":
                 for x in (val if isinstance(val, tuple) else (val,)):
                     assert x.dtype == np.float32, node.op.source("numexpr")
+
+
+def test_products_with_v_independent_factors_run_at_pooled_resolution():
+    """Through max pooling's selections the per-call product with f'(s) moves to the pooled side:
+    R{pool(f(s))} = gather(R{s}) * gather(f'(s)) and the VJP's f'(s) * scatter(g) = scatter(g *
+    gather(f'(s))), the gathers of f'(s) computed once per batch. So in the vector stage of gv no kernel
+    reads a pool_scatter, and every product feeding a pool_gather reads another pool_gather."""
+    g = rg.nn.small_cnn(input_shape=(2, 8, 8), channels=(3, 4), l2=1e-3)
+    prog = rg.compile(g)
+    batch_nodes, vector = prog._plans["gv"]
+    gathers = [n for n in vector if n.op.name == "pool_gather"]
+    scatters = [n for n in vector if n.op.name == "pool_scatter"]
+    assert len(gathers) == 2 and len(scatters) == 2
+    for n in gathers:
+        assert n.inputs[0].op.kind != "fused" or all(e.op != "mul" for e in n.inputs[0].op.exprs)
+    assert not [n for n in vector if n.op.kind == "fused" and any(i in scatters for i in n.inputs)]
+    assert sum(n.op.name == "pool_gather" for n in batch_nodes) >= 2   # gather(f'(s)), once per bind
+    # without the rewrite (the unfused reference program) an elementwise node reads each scatter
+    plain = rg.compile(g, fuse=False)._plans["gv"][1]
+    assert len([n for n in plain if n.op.kind == "elementwise" and any(i.op.name == "pool_scatter" for i in n.inputs)]) == 2

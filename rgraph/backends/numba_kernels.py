@@ -128,6 +128,13 @@ def _nhwc(a):
     return a.transpose(0, 2, 3, 1)
 
 
+def _nhwc_input(a):
+    """An input as a C-contiguous NHWC array: a view when its memory is NHWC already (the activations
+    around a convolution), else one copy, far cheaper than the channel loop striding through NCHW
+    memory (a flattened dense layer's cotangent: 2.6 -> 0.9 ms for VGG-mini's last pool scatter)."""
+    return np.ascontiguousarray(_nhwc(a))
+
+
 def _geometry(kernel, stride, padding):
     (kh, kw), (sh, sw), ((pt, _), (pl, _)) = kernel, stride, padding
     return kh, kw, sh, sw, pt, pl
@@ -140,25 +147,25 @@ def _result(out, shape, dtype):
 def pool_max(xp, x, kernel, stride, padding, out=None):
     from ..ops.conv import window_shape
     result = _result(out, x.shape[:2] + window_shape(x.shape[2:], kernel, stride, padding), x.dtype)
-    _pool_max(_nhwc(x), *_geometry(kernel, stride, padding), _nhwc(result))
+    _pool_max(_nhwc_input(x), *_geometry(kernel, stride, padding), _nhwc(result))
     return result
 
 
 def pool_argmax(xp, x, y, kernel, stride, padding, out=None):
     result = _result(out, y.shape, np.int64)
-    _pool_argmax(_nhwc(x), _nhwc(y), *_geometry(kernel, stride, padding), _nhwc(result))
+    _pool_argmax(_nhwc_input(x), _nhwc_input(y), *_geometry(kernel, stride, padding), _nhwc(result))
     return result
 
 
 def pool_gather(xp, x, idx, kernel, stride, padding, out=None):
     result = _result(out, idx.shape, x.dtype)
-    _pool_gather(_nhwc(x), _nhwc(idx), *_geometry(kernel, stride, padding), _nhwc(result))
+    _pool_gather(_nhwc_input(x), _nhwc_input(idx), *_geometry(kernel, stride, padding), _nhwc(result))
     return result
 
 
 def pool_scatter(xp, g, idx, image, kernel, stride, padding, out=None):
     result = _result(out, g.shape[:1] + tuple(image), g.dtype)
-    _pool_scatter(_nhwc(g), _nhwc(idx), *_geometry(kernel, stride, padding), _nhwc(result))
+    _pool_scatter(_nhwc_input(g), _nhwc_input(idx), *_geometry(kernel, stride, padding), _nhwc(result))
     return result
 
 
@@ -166,7 +173,7 @@ def im2col(xp, x, kernel, stride, padding, out=None):
     from ..ops.conv import window_shape
     (kh, kw), (ho, wo) = kernel, window_shape(x.shape[2:], kernel, stride, padding)
     result = np.empty((x.shape[0], ho * wo, kh * kw * x.shape[1]), x.dtype) if out is None else out
-    _im2col(_nhwc(x), *_geometry(kernel, stride, padding), wo, result)
+    _im2col(_nhwc_input(x), *_geometry(kernel, stride, padding), wo, result)
     return result
 
 

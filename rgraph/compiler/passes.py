@@ -197,9 +197,10 @@ def hoist(module: Module) -> Module:
     ``swish.vjp: g * (sigmoid(s) + s sigmoid(s)(1 - sigmoid(s)))`` reads the seed through g only, so the
     bracket (the derivative of swish at s) becomes one batch-stage node, computed in ``bind`` and cached,
     and the per-call kernel is ``g * c``. The J v, J^T u, Gv and Hv passes all share that one node.
-    Then transcendental subexpressions over the same inputs used by several batch-stage nodes (the
-    sigmoid(s) of swish and of each of its derivatives) become one node of their own, so the program
-    evaluates each once.
+    A v-independent factor's product is then moved through a selection to its smaller side
+    (``through_selections``). Last, transcendental subexpressions over the same inputs used by several
+    batch-stage nodes (the sigmoid(s) of swish and of each of its derivatives) become one node of their
+    own, so the program evaluates each once.
     """
     from ..op import expr_op
     vector, made = module.vector, _ExprNodes()
@@ -244,8 +245,79 @@ def hoist(module: Module) -> Module:
         return _new(expr_op(op.name, e, used), [env[p] for p in used], node.tag)
     _rewrite(module, visit)
     stage(module)
+    through_selections(module)
+    stage(module)
     _share_transcendentals(module, made)
     return stage(module)
+
+
+def _product(node, vector):
+    """(x, c) when ``node`` is an elementwise product x * c of two values of its shape, x per call (in
+    the vector stage) and c not; else None."""
+    if node.is_leaf or node.op.kind != "elementwise" or node not in vector:
+        return None
+    e = node.op.expr
+    if e.op != "mul" or any(a.op != "var" for a in e.args):
+        return None
+    env = dict(zip(node.op.params, node.inputs, strict=True))
+    a, b = (env[arg.value] for arg in e.args)
+    if a.shape != node.shape or b.shape != node.shape or a.dtype != FLOAT or b.dtype != FLOAT:
+        return None
+    if (a in vector) == (b in vector):
+        return None
+    return (a, b) if a in vector else (b, a)
+
+
+def _size(shape):
+    return int(np.prod([1 if d is None else d for d in shape]))
+
+
+def through_selections(module: Module) -> Module:
+    """Move the per-call product with a v-independent factor c to the smaller side of a selection:
+
+        gather(x * c)  -> gather(x) * gather(c)      where the gather shrinks (max pooling's R-op)
+        scatter(a) * c -> scatter(a * gather(c))     where the scatter grows (max pooling's VJP)
+
+    gather(c) is computed once per batch, and each call multiplies over the pooled, not the full,
+    resolution. Only where the product (or the scatter) has no other reader, which would still need it.
+    """
+    from ..ops import mul
+    vector = module.vector
+    readers = {}
+    for node in module.nodes():
+        for i in node.inputs:
+            readers[i] = readers.get(i, 0) + 1
+    for v in module.outputs():
+        readers[v] = readers.get(v, 0) + 1
+
+    def sole(v):
+        return readers.get(v, 0) == 1
+
+    def batch_node(v):
+        v.tag = "forward"
+        return v
+    mapping = {}
+    for node in module.nodes():
+        inputs = tuple(mapping.get(i, i) for i in node.inputs)
+        new, prod = None, None
+        if node.is_leaf:
+            mapping[node] = node
+            continue
+        if node.op.selection == "gather" and node in vector and sole(node.inputs[0]):
+            prod = _product(node.inputs[0], vector)
+            if prod and _size(node.shape) < _size(node.inputs[0].shape):
+                x, c = (mapping.get(v, v) for v in prod)
+                gx = _new(node.op, (x,) + inputs[1:], node.tag, node.attrs)
+                new = _new(mul, (gx, batch_node(node.op.select(gx, c))), node.inputs[0].tag)
+        elif (prod := _product(node, vector)) and getattr(prod[0].op, "selection", None) == "scatter" \
+                and sole(prod[0]):
+            scattered, c = (mapping.get(v, v) for v in prod)
+            if _size(scattered.inputs[0].shape) < _size(scattered.shape):
+                a = _new(mul, (scattered.inputs[0], batch_node(scattered.op.select(scattered, c))), node.tag)
+                new = _new(scattered.op, (a,) + scattered.inputs[1:], node.tag, scattered.attrs)
+        mapping[node] = new if new is not None else _clone(node, inputs)
+    module.replace(mapping)
+    return module
 
 
 def _share_transcendentals(module, made):
