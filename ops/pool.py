@@ -163,6 +163,12 @@ class PoolArgmax(Op):
         return [None, None]
 
 
+def _spatial_unless_padded(node):
+    """Without padding every offset a window can select lies in the image: pooling's gathers and
+    scatters then move entries along the spatial axes only, and lose none."""
+    return (2, 3) if all(p == 0 for pair in node.attrs["padding"] for p in pair) else None
+
+
 class PoolGather(Op):
     """y[n, c, i, j] = the entry of window (i, j) of the zero-padded x at offset idx[n, c, i, j].
     Linear in x; vjp: pool_scatter(g, idx). R{y} = pool_gather(R{x}, idx)."""
@@ -194,6 +200,9 @@ class PoolGather(Op):
 
     def select(self, node, x):
         return pool_gather(x, node.inputs[1], **_geometry(node))
+
+    def selection_axes(self, node):
+        return _spatial_unless_padded(node)
 
 
 class PoolScatter(Op):
@@ -236,6 +245,9 @@ class PoolScatter(Op):
 
     def select(self, node, x):
         return pool_gather(x, node.inputs[1], **_geometry(node))
+
+    def selection_axes(self, node):
+        return _spatial_unless_padded(node)
 
 
 pool_max_op, pool_argmax_op = register(PoolMax()), register(PoolArgmax())

@@ -25,7 +25,11 @@ the same entries. Such an op commutes with an elementwise product,
     gather(a * b) = gather(a) * gather(b)        scatter(a) * b = scatter(a * gather(b))
 
 which the compiler uses to move the product of a v-independent factor to the smaller side (the
-factor's gather is then computed once per batch).
+factor's gather is then computed once per batch). A selection that is total (every output entry of a
+gather is an input entry, never a padding zero; every input entry of a scatter lands in the output)
+also names the axes it moves entries along (``selection_axes``): a value b constant along them passes
+through, gather(x + b) = gather(x) + b, and a sum over them sees through a scatter, sum(scatter(a)) =
+sum(a). See rgraph/compiler/selections.py.
 
 Attributes: an attribute ``shape`` may hold None (the batch size) and an attribute ``dtype`` may be
 FLOAT (the compute dtype); both are made concrete when a program is specialised to a batch.
@@ -144,6 +148,11 @@ class Op:
         """For a selection op: the gather of the entries ``node`` selects from (a gather) or adds into
         (a scatter), applied to ``x``, shaped like a gather's input 0 or a scatter's output."""
         raise RuleError(f"op {self.name!r} declares no selection")
+
+    def selection_axes(self, node):
+        """For a total selection: the axes along which ``node`` moves entries (every other index is
+        kept). None where it is not total or moves entries across axes."""
+        return None
 
     def attrs_key(self, attrs) -> tuple:
         """A hashable key of the attributes (CSE identifies nodes by op, attributes and inputs)."""

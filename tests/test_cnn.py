@@ -310,6 +310,30 @@ def test_vector_stage_learns_memory_orders_so_conv_gemms_read_no_strided_operand
     assert all(a.flags.c_contiguous for a in gemm_operands if a.ndim >= 3)
 
 
+def test_total_selections_pass_biases_and_keep_sums():
+    """Unpadded pooling selects within the image only: along its selection axes a per-channel bias passes
+    through the gather, gather(a + b) = gather(a) + b, and a sum over them sees through the scatter,
+    sum(scatter(a)) = sum(a). Padded pooling (its window may select a padding zero) declares no axes."""
+    for padding, axes in [(((0, 0), (0, 0)), (2, 3)), (((1, 1), (0, 0)), None)]:
+        geo = dict(kernel=(3, 2), stride=(2, 2), padding=padding)
+        x = rng.standard_normal((2, 3, 7, 6))
+        idx = ops.pool_argmax_op.forward(np, x, ops.pool_max_op.forward(np, x, **geo), **geo)
+        X, I = leaf(PARAM, "x", x.shape), leaf(PARAM, "idx", idx.shape, "int64")
+        A, B = leaf(PARAM, "a", idx.shape), leaf(PARAM, "b", (3, 1, 1))
+        a, b = rng.standard_normal(idx.shape), rng.standard_normal((3, 1, 1))
+        env = {X: x, I: idx, A: a, B: b}
+        gathered, scattered = ops.pool_gather(X, I, **geo), ops.pool_scatter(A, I, x.shape[1:], **geo)
+        assert gathered.op.selection_axes(gathered) == axes == scattered.op.selection_axes(scattered)
+        if axes is None:
+            continue
+        np.testing.assert_allclose(rg.evaluate(ops.pool_gather(X + B, I, **geo), env),
+                                   rg.evaluate(gathered, env) + b, rtol=1e-12)
+        np.testing.assert_allclose(rg.evaluate(ops.sum(scattered, axis=(0, 2, 3)), env), a.sum(axis=(0, 2, 3)),
+                                   rtol=1e-12)
+    last = leaf(PARAM, "l", (2, 3), "int64")
+    assert ops.gather(leaf(PARAM, "y", (2, 3, 4)), last).op.selection_axes(None) is None
+
+
 def test_selection_ops_commute_with_elementwise_products():
     """The identities behind ``Op.selection``: gather(a * b) = gather(a) * select(b) and
     scatter(a) * b = scatter(a * select(b)), for every op declaring a selection (padded, overlapping

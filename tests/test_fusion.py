@@ -173,3 +173,25 @@ def test_products_with_v_independent_factors_run_at_pooled_resolution():
     # without the rewrite (the unfused reference program) an elementwise node reads each scatter
     plain = rg.compile(g, fuse=False)._plans["gv"][1]
     assert len([n for n in plain if n.op.kind == "elementwise" and any(i.op.name == "pool_scatter" for i in n.inputs)]) == 2
+
+
+def test_biases_and_bias_gradients_run_at_pooled_resolution():
+    """Unpadded max pooling is a total selection along the spatial axes, so a convolution's bias passes
+    through its R-op, gather(R{s} + R{b}) = gather(R{s}) + R{b}, and the bias gradient's sum sees
+    through its VJP, sum(scatter(d)) = sum(d). In the vector stage of gv no elementwise kernel feeds a
+    pool_gather and no sum reads a pool_scatter; in Hv, which still needs R{s} at full resolution for
+    its second-order term, the program stays correct (the checker compares it with finite differences)."""
+    g = rg.nn.small_cnn(input_shape=(2, 8, 8), channels=(3, 4), l2=1e-3)
+    prog = rg.compile(g)
+    _, vector = prog._plans["gv"]
+    gathers = [n for n in vector if n.op.name == "pool_gather"]
+    assert len(gathers) == 2 and not [n for n in gathers if n.inputs[0].op.kind == "fused"]
+    pooled = {n.shape for n in gathers}
+
+    def bias_sums(nodes):
+        return [n.inputs[0].shape for n in nodes if n.op.name == "sum" and n.inputs[0].ndim == 4]
+    assert len(bias_sums(vector)) == 2 and set(bias_sums(vector)) <= pooled
+    assert not set(bias_sums(rg.compile(g, fuse=False)._plans["gv"][1])) & pooled  # the reference: full size
+    report = rg.check_graph(g, batch_size=2, seed=3)
+    assert report.ok, str(report)
+

@@ -5,10 +5,8 @@ module after any stage is an ordinary graph that can be drawn or compiled furthe
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .. import expr as ex
-from ..graph import CONST, COTANGENT, FLOAT, TANGENT, Value, constant, topo_order
+from ..graph import CONST, COTANGENT, FLOAT, TANGENT, Value, constant
 from .module import Module
 
 
@@ -203,6 +201,7 @@ def hoist(module: Module) -> Module:
     own, so the program evaluates each once.
     """
     from ..op import expr_op
+    from .selections import through_selections
     vector, made = module.vector, _ExprNodes()
 
     def visit(node, inputs):
@@ -249,75 +248,6 @@ def hoist(module: Module) -> Module:
     stage(module)
     _share_transcendentals(module, made)
     return stage(module)
-
-
-def _product(node, vector):
-    """(x, c) when ``node`` is an elementwise product x * c of two values of its shape, x per call (in
-    the vector stage) and c not; else None."""
-    if node.is_leaf or node.op.kind != "elementwise" or node not in vector:
-        return None
-    e = node.op.expr
-    if e.op != "mul" or any(a.op != "var" for a in e.args):
-        return None
-    env = dict(zip(node.op.params, node.inputs, strict=True))
-    a, b = (env[arg.value] for arg in e.args)
-    if a.shape != node.shape or b.shape != node.shape or a.dtype != FLOAT or b.dtype != FLOAT:
-        return None
-    if (a in vector) == (b in vector):
-        return None
-    return (a, b) if a in vector else (b, a)
-
-
-def _size(shape):
-    return int(np.prod([1 if d is None else d for d in shape]))
-
-
-def through_selections(module: Module) -> Module:
-    """Move the per-call product with a v-independent factor c to the smaller side of a selection:
-
-        gather(x * c)  -> gather(x) * gather(c)      where the gather shrinks (max pooling's R-op)
-        scatter(a) * c -> scatter(a * gather(c))     where the scatter grows (max pooling's VJP)
-
-    gather(c) is computed once per batch, and each call multiplies over the pooled, not the full,
-    resolution. Only where the product (or the scatter) has no other reader, which would still need it.
-    """
-    from ..ops import mul
-    vector = module.vector
-    readers = {}
-    for node in module.nodes():
-        for i in node.inputs:
-            readers[i] = readers.get(i, 0) + 1
-    for v in module.outputs():
-        readers[v] = readers.get(v, 0) + 1
-
-    def sole(v):
-        return readers.get(v, 0) == 1
-
-    def batch_node(v):
-        v.tag = "forward"
-        return v
-    mapping = {}
-    for node in module.nodes():
-        inputs = tuple(mapping.get(i, i) for i in node.inputs)
-        new, prod = None, None
-        if node.is_leaf:
-            mapping[node] = node
-            continue
-        if node.op.selection == "gather" and node in vector and sole(node.inputs[0]):
-            prod = _product(node.inputs[0], vector)
-            if prod and _size(node.shape) < _size(node.inputs[0].shape):
-                x, c = (mapping.get(v, v) for v in prod)
-                gx = _new(node.op, (x,) + inputs[1:], node.tag, node.attrs)
-                new = _new(mul, (gx, batch_node(node.op.select(gx, c))), node.inputs[0].tag)
-        elif (prod := _product(node, vector)) and getattr(prod[0].op, "selection", None) == "scatter" \
-                and sole(prod[0]):
-            scattered, c = (mapping.get(v, v) for v in prod)
-            if _size(scattered.inputs[0].shape) < _size(scattered.shape):
-                a = _new(mul, (scattered.inputs[0], batch_node(scattered.op.select(scattered, c))), node.tag)
-                new = _new(scattered.op, (a,) + scattered.inputs[1:], node.tag, scattered.attrs)
-        mapping[node] = new if new is not None else _clone(node, inputs)
-    module.replace(mapping)
-    return module
 
 
 def _share_transcendentals(module, made):

@@ -1,0 +1,132 @@
+"""Moving work through selections (part of hoist): max pooling's R-op gathers and its VJP scatters.
+
+A selection op (``Op.selection``; see rgraph/op.py) commutes with elementwise products, and a total one
+(``Op.selection_axes``) lets a value constant along its axes, and a sum over them, through unchanged:
+
+    gather(x * c)  = gather(x) * gather(c)       scatter(a) * c = scatter(a * gather(c))
+    gather(x + b)  = gather(x) + b               sum(scatter(a), axes) = sum(a, axes)
+
+(b constant along the selection axes, such as a convolution's bias; the sum's axes covering them). Each
+rewrite moves per-call elementwise work from the full to the pooled resolution, a quarter of the
+entries for 2x2 pooling: gather(c) of a v-independent c (f'(s)) is computed once per batch.
+"""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+from ..graph import FLOAT
+from .module import Module
+from .passes import _clone, _new, cse
+
+# Reductions that see through a total scatter: op name -> whether reducing node n sums over every axis in
+# ``axes`` (then n of scatter(a) is n of a).
+SEE_THROUGH_SCATTER = {
+    "sum": lambda n, axes: n.attrs.get("axis") is None or set(axes) <= _normalised(n.attrs["axis"], n.inputs[0].ndim),
+}
+
+
+def _normalised(axis, ndim):
+    return {int(a) % ndim for a in ((axis,) if isinstance(axis, int) else tuple(axis))}
+
+
+def _size(shape):
+    return int(np.prod([1 if d is None else d for d in shape]))
+
+
+def _binary(node, name):
+    """The two input Values of an elementwise node computing exactly ``in0 <name> in1``, else None."""
+    if node.is_leaf or node.op.kind != "elementwise":
+        return None
+    e = node.op.expr
+    if e.op != name or any(a.op != "var" for a in e.args):
+        return None
+    env = dict(zip(node.op.params, node.inputs, strict=True))
+    a, b = (env[arg.value] for arg in e.args)
+    return None if a.dtype != FLOAT or b.dtype != FLOAT else (a, b)
+
+
+def _product(node, vector):
+    """(x, c) when ``node`` is a product x * c of two values of its shape, x per call (in the vector
+    stage) and c not; else None."""
+    pair = _binary(node, "mul")
+    if pair is None or node not in vector or any(v.shape != node.shape for v in pair):
+        return None
+    a, b = pair
+    if (a in vector) == (b in vector):
+        return None
+    return (a, b) if a in vector else (b, a)
+
+
+def _biased(node, axes):
+    """(x, b) when ``node`` is a sum x + b, x of its shape and b broadcast along every axis in ``axes``
+    (a per-channel bias, for the spatial axes of pooling); else None."""
+    pair = _binary(node, "add")
+    if pair is None:
+        return None
+    for x, b in (pair, pair[::-1]):
+        if x.shape == node.shape and b.ndim <= node.ndim:
+            lead = node.ndim - b.ndim
+            if all(a < lead or b.shape[a - lead] == 1 for a in axes):
+                return x, b
+    return None
+
+
+def through_selections(module: Module) -> Module:
+    """Apply the identities above wherever they shrink per-call work: the product or sum rewritten
+    must have no other reader in the entry (which would still need it at full resolution). Entries
+    differ there (Hv reads R{s} again for its second-order term, Gv does not), so each entry is
+    rewritten on its own and common subexpressions are shared again afterwards."""
+    for name, outs in module.entries.items():
+        mapping = _rewrite_entry(module, name)
+        module.entries[name] = [None if v is None else mapping.get(v, v) for v in outs]
+    return cse(module)
+
+
+def _rewrite_entry(module, name):
+    from ..ops import add, mul
+    vector, nodes = module.vector, module.nodes([name])
+    readers = collections.Counter(i for node in nodes for i in node.inputs)
+    readers.update(module.outputs([name]))
+    mapping = {}
+
+    def sole(v):
+        return readers[v] == 1
+
+    def batch_node(v):
+        v.tag = "forward"
+        return v
+
+    def gather(sel, x):
+        """sel (a gather, inputs mapped) applied to the original value x, pushed through x's sole-read
+        products with v-independent factors and biases."""
+        if sole(x):
+            if (prod := _product(x, vector)) is not None:
+                a, c = prod
+                return _new(mul, (gather(sel, a), batch_node(sel.op.select(sel, mapping.get(c, c)))), x.tag)
+            axes = sel.op.selection_axes(sel)
+            if axes is not None and (biased := _biased(x, axes)) is not None:
+                a, b = biased
+                return _new(add, (gather(sel, a), mapping.get(b, b)), x.tag)
+        return _clone(sel, (mapping.get(x, x),) + sel.inputs[1:])
+
+    for node in nodes:
+        if node.is_leaf:
+            continue
+        inputs = tuple(mapping.get(i, i) for i in node.inputs)
+        new = None
+        if node.op.selection == "gather" and _size(node.shape) < _size(node.inputs[0].shape):
+            new = gather(_clone(node, inputs), node.inputs[0])
+        elif (prod := _product(node, vector)) and getattr(prod[0].op, "selection", None) == "scatter" \
+                and sole(prod[0]):
+            scattered, c = (mapping.get(v, v) for v in prod)
+            if _size(scattered.inputs[0].shape) < _size(scattered.shape):
+                a = _new(mul, (scattered.inputs[0], batch_node(scattered.op.select(scattered, c))), node.tag)
+                new = _new(scattered.op, (a,) + scattered.inputs[1:], node.tag, scattered.attrs)
+        elif node.op.name in SEE_THROUGH_SCATTER and getattr(inputs[0].op, "selection", None) == "scatter":
+            axes = inputs[0].op.selection_axes(inputs[0])
+            if axes is not None and SEE_THROUGH_SCATTER[node.op.name](node, axes):
+                new = _new(node.op, (inputs[0].inputs[0],) + inputs[1:], node.tag, node.attrs)
+        mapping[node] = new if new is not None else _clone(node, inputs)
+    return mapping
