@@ -113,20 +113,22 @@ def test_max_pooling_propagates_nan_like_numpy_argmax():
     assert np.isnan(out).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("memory", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("kernel, stride, padding", POOL_CASES + [((2, 3), (2, 3), ((0, 1), (0, 0))), (3, 1, 1)])
-def test_numpy_backend_pool_and_patch_kernels_match_the_reference_kernels(kernel, stride, padding, memory,
+def test_numpy_backend_pool_and_patch_kernels_match_the_reference_kernels(kernel, stride, padding, memory, dtype,
                                                                           monkeypatch):
     """The NumPy backend's Numba pooling and patch kernels and its batch-chunked, threaded per-sample
     kernels (forced to one-sample chunks here) give the ops' own kernels' results, with and without
-    out=, on inputs in either memory order."""
+    out=, on inputs in either memory order and either float width (the pooling kernels select on the
+    floats' bits)."""
     from rgraph.backends import numpy as nb
     from rgraph.ops.conv import pair, padding_pairs
     monkeypatch.setattr(nb, "CHUNK_BYTES", 1)
     monkeypatch.setattr(nb, "MIN_SPLIT_BYTES", 0)
     geo = dict(kernel=pair(kernel, "k"), stride=pair(kernel if stride is None else stride, "s"),
                padding=padding_pairs(padding))
-    x = rng.integers(0, 3, (5, 3, 7, 6)).astype(np.float32)   # ties: the first maximum must win
+    x = rng.integers(0, 3, (5, 3, 7, 6)).astype(dtype)   # ties: the first maximum must win
     if memory == "NHWC":
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     be = nb.BACKEND
@@ -135,12 +137,12 @@ def test_numpy_backend_pool_and_patch_kernels_match_the_reference_kernels(kernel
         ref = op.forward(np, *args, **geo)
         np.testing.assert_array_equal(be.kernel(op)(np, *args, **geo), ref)
     idx = ops.pool_argmax_op.forward(np, x, y, **geo)
-    g = rng.standard_normal(idx.shape).astype(np.float32)
-    cols = rng.standard_normal(ops.im2col_op.forward(np, x, **geo).shape).astype(np.float32)
+    g = rng.standard_normal(idx.shape).astype(dtype)
+    cols = rng.standard_normal(ops.im2col_op.forward(np, x, **geo).shape).astype(dtype)
     for op, args, attrs in [(ops.pool_gather_op, (x, idx), geo), (ops.pool_scatter_op, (g, idx), dict(geo, image=x.shape[1:])),
                             (ops.col2im_op, (cols,), dict(geo, image=x.shape[1:]))]:
         ref = op.forward(np, *args, **attrs)
-        out = np.full(ref.shape, np.nan, np.float32)
+        out = np.full(ref.shape, np.nan, dtype)
         np.testing.assert_allclose(be.kernel(op)(np, *args, **attrs), ref, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(be.kernel(op)(np, *args, out=out, **attrs), ref, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
