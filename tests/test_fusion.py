@@ -6,6 +6,7 @@ import rgraph as rg
 from rgraph.expr import subexpressions
 from rgraph import expr as ex
 from rgraph.compiler.fuse import Fused
+from rgraph.backends import numba_fused
 
 from helpers_compiler import ENTRIES, batch_for, products, rel, small_cnn
 
@@ -21,13 +22,24 @@ def graphs():
     yield "convnet", rg.nn.small_cnn(input_shape=(2, 6, 6), channels=(3, 4), l2=1e-3)
 
 
-@pytest.mark.parametrize("kernels", ["ufunc", "numexpr"])
+def _counting_loops(monkeypatch):
+    """Compiled loops for every output size; returns the list each loop run appends to."""
+    ran = []
+    run_rows = numba_fused._run_rows
+    monkeypatch.setattr(numba_fused, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(numba_fused, "_run_rows", lambda loop, *a: (ran.append(loop), run_rows(loop, *a)))
+    return ran
+
+
+@pytest.mark.parametrize("kernels", ["auto", "ufunc", "numexpr"])
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
 @pytest.mark.parametrize("name,g", list(graphs()), ids=[n for n, _ in graphs()])
 def test_fused_equals_unfused(name, g, dtype, tol, kernels, monkeypatch):
-    """Both CPU kernel makers (in-place NumPy ufuncs, the default; numexpr with RGRAPH_FUSED=numexpr),
-    called twice (allocating, then into planned buffers), against the unfused program."""
+    """Every CPU kernel maker (the default: compiled loops for arithmetic kernels, forced here on every
+    size, and in-place NumPy ufuncs for the rest; ufuncs for all; numexpr), called twice (allocating,
+    then into planned buffers), against the unfused program."""
     monkeypatch.setenv("RGRAPH_FUSED", kernels)
+    ran = _counting_loops(monkeypatch)
     batch = batch_for(g, 6, dtype=dtype)
     prog = rg.compile(g, dtype=dtype)
     products(prog, batch)
@@ -36,6 +48,48 @@ def test_fused_equals_unfused(name, g, dtype, tol, kernels, monkeypatch):
     for entry in ENTRIES:
         assert fused[entry].dtype == np.dtype(dtype) or entry == "loss"
         assert rel(fused[entry], plain[entry]) <= tol, entry
+    assert bool(ran) == (kernels == "auto")
+
+
+def test_compiled_loops_read_every_layout_or_hand_over_to_ufuncs(monkeypatch):
+    """A compiled loop reads inputs of the output's memory order at i, a broadcast bias over the last
+    memory axes at c, a scalar at 0, and an input it overwrites through the output; anything else (here
+    an input in another memory order) runs the ufunc kernel. Each gives the ufunc kernel's result."""
+    from rgraph.backends.numpy import compile_fused
+    from rgraph.backends.ufunc_kernel import UfuncKernel
+    ran = _counting_loops(monkeypatch)
+    prog = rg.compile(rg.nn.mlp([5, 7, 3], activation="swish"))
+    kernels = [n.op for stage in prog._plans["hv"] for n in stage
+               if n.op.kind == "fused" and numba_fused.worth_a_loop(n.op.exprs)]
+    assert kernels
+    rng = np.random.default_rng(0)
+    shape, nhwc = (4, 3, 5, 6), (0, 2, 3, 1)
+    for op in kernels:
+        kernel = compile_fused(op, "float64")
+        assert isinstance(kernel, numba_fused.NumbaKernel)
+        reference = UfuncKernel(op, "float64")
+        layouts = {"nhwc": [rg.op.empty(np, shape, np.float64, nhwc) for _ in op.params],
+                   "bias": [np.empty((3, 1, 1)) if k == 0 else rg.op.empty(np, shape, np.float64, nhwc)
+                            for k in range(len(op.params))],
+                   "scalar": [np.empty(()) if k == 0 else np.empty(shape) for k in range(len(op.params))],
+                   "mixed": [np.empty(shape) if k == 0 else rg.op.empty(np, shape, np.float64, nhwc)
+                             for k in range(len(op.params))]}
+        for name, arrays in layouts.items():
+            for a in arrays:
+                a[...] = rng.standard_normal(a.shape)
+            want = reference(np, *arrays, shape=shape)
+            before = len(ran)
+            got = kernel(np, *arrays, shape=shape)
+            for w, r in zip(*(x if isinstance(x, tuple) else (x,) for x in (want, got))):
+                np.testing.assert_allclose(r, w, rtol=1e-14, atol=0)
+            assert len(ran) == before + (name != "mixed"), name
+        if len(op.exprs) == 1:  # in place: the output is input 1's memory
+            arrays = [rng.standard_normal(shape) for _ in op.params]
+            want = reference(np, *arrays, shape=shape)
+            assert kernel._plan(arrays, shape, (arrays[1],))[2][1] == "o0"   # read through the output
+            got = kernel(np, *arrays, shape=shape, out=(arrays[1],))
+            assert got is arrays[1]
+            np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)
 
 
 def test_fused_program_passes_check_graph_reference():

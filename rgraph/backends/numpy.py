@@ -100,10 +100,16 @@ class NumexprKernel:
 
 
 def compile_fused(op, dtype):
-    """In-place NumPy ufunc sequences (ufunc_kernel.py; measured faster here), or numexpr statements
-    with RGRAPH_FUSED=numexpr (read when a program's kernels are made)."""
-    if os.environ.get("RGRAPH_FUSED", "ufunc") == "numexpr" and numexpr is not None:
+    """A kernel of three or more arithmetic operations as one compiled loop (numba_fused.py), others as
+    in-place NumPy ufunc sequences (ufunc_kernel.py; NumPy's SIMD exp and tanh measured fastest here).
+    RGRAPH_FUSED=ufunc or =numexpr (read when a program's kernels are made) uses that kind for all."""
+    kind = os.environ.get("RGRAPH_FUSED", "auto")
+    if kind == "numexpr" and numexpr is not None:
         return NumexprKernel(op, dtype)
+    if kind == "auto":
+        from .numba_fused import NumbaKernel, worth_a_loop
+        if worth_a_loop(op.exprs):
+            return NumbaKernel(op, dtype)
     return UfuncKernel(op, dtype)
 
 
@@ -114,6 +120,14 @@ _pool = None
 
 def workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def thread_pool() -> ThreadPoolExecutor:
+    """The backend's worker threads (its compiled kernels and NumPy release the GIL)."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(workers(), thread_name_prefix="rgraph-chunk")
+    return _pool
 
 
 def split_batch(op, kernel):
@@ -127,10 +141,7 @@ def split_batch(op, kernel):
         chunk = max(1, min(CHUNK_BYTES * n // max(largest, 1), -(-n // workers())))
         if chunk >= n or largest < MIN_SPLIT_BYTES:  # small work: threads would cost more than they save
             return kernel(xp, *arrays, out=out, **attrs)
-        global _pool
-        if _pool is None:
-            _pool = ThreadPoolExecutor(workers(), thread_name_prefix="rgraph-chunk")
-        list(_pool.map(lambda s: kernel(xp, *(a[s:s + chunk] for a in arrays), out=out[s:s + chunk], **attrs),
+        list(thread_pool().map(lambda s: kernel(xp, *(a[s:s + chunk] for a in arrays), out=out[s:s + chunk], **attrs),
                        range(0, n, chunk)))
         return out
     return run
