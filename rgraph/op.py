@@ -24,8 +24,9 @@ the same entries. Such an op commutes with an elementwise product,
 
     gather(a * b) = gather(a) * gather(b)        scatter(a) * b = scatter(a * gather(b))
 
-which the compiler uses to move the product of a v-independent factor to the smaller side (the
-factor's gather is then computed once per batch). A selection that is total (every output entry of a
+which the compiler uses to move per-call products to the smaller side (a v-independent factor's
+gather is then computed once per batch), and with linearity to merge the scattered terms of a sum into
+one scatter. A selection that is total (every output entry of a
 gather is an input entry, never a padding zero; every input entry of a scatter lands in the output)
 also names the axes it moves entries along (``selection_axes``): a value b constant along them passes
 through, gather(x + b) = gather(x) + b, and a sum over them sees through a scatter, sum(scatter(a)) =

@@ -229,6 +229,21 @@ def test_products_with_v_independent_factors_run_at_pooled_resolution():
     assert len([n for n in plain if n.op.kind == "elementwise" and any(i.op.name == "pool_scatter" for i in n.inputs)]) == 2
 
 
+def test_hv_second_order_terms_run_at_pooled_resolution():
+    """Hv's R-backward through swish before max pooling, f'(s) scatter(R{g}) + f''(s) scatter(g) R{s},
+    is zero off the pooling's selection in both terms: the compiler makes it scatter(R{g} gather(f'(s))
+    + g gather(f''(s)) gather(R{s})), one scatter per pooling, with every per-call elementwise kernel at
+    the pooled resolution (gather(R{s}) being the R-forward's own)."""
+    g = rg.nn.small_cnn(input_shape=(2, 8, 8), channels=(3, 4), l2=1e-3)
+    full = {(None, 3, 8, 8), (None, 4, 4, 4)}   # the two poolings' inputs
+    _, vector = rg.compile(g)._plans["hv"]
+    assert not [n for n in vector if n.op.kind == "fused" and n.shape in full]
+    assert len([n for n in vector if n.op.name == "pool_scatter"]) == 2
+    assert len([n for n in vector if n.op.name == "pool_gather"]) == 2
+    plain = rg.compile(g, fuse=False)._plans["hv"][1]
+    assert len([n for n in plain if n.op.kind == "elementwise" and n.shape in full]) >= 4
+
+
 def test_biases_and_bias_gradients_run_at_pooled_resolution():
     """Unpadded max pooling is a total selection along the spatial axes, so a convolution's bias passes
     through its R-op, gather(R{s} + R{b}) = gather(R{s}) + R{b}, and the bias gradient's sum sees

@@ -244,8 +244,9 @@ def hoist(module: Module) -> Module:
         return _new(expr_op(op.name, e, used), [env[p] for p in used], node.tag)
     _rewrite(module, visit)
     stage(module)
-    through_selections(module)
-    stage(module)
+    for _ in range(2):  # the second pass sees the readers the first one removed (Hv's R{s} at full size)
+        through_selections(module)
+        stage(module)
     _share_transcendentals(module, made)
     return stage(module)
 

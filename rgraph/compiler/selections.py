@@ -6,19 +6,27 @@ A selection op (``Op.selection``; see rgraph/op.py) commutes with elementwise pr
     gather(x * c)  = gather(x) * gather(c)       scatter(a) * c = scatter(a * gather(c))
     gather(x + b)  = gather(x) + b               sum(scatter(a), axes) = sum(a, axes)
 
-(b constant along the selection axes, such as a convolution's bias; the sum's axes covering them). Each
-rewrite moves per-call elementwise work from the full to the pooled resolution, a quarter of the
-entries for 2x2 pooling: gather(c) of a v-independent c (f'(s)) is computed once per batch.
+(b constant along the selection axes, such as a convolution's bias; the sum's axes covering them). With
+linearity, scatter(a) + scatter(b) = scatter(a + b), a sum of terms each zero off one selection becomes
+
+    scatter(a) * r + (scatter(b) * c) * t = scatter(a * gather(r) + b * gather(c) * gather(t))
+
+which is Hv's R-backward through an activation before max pooling: f'(s) scatter(R{g}) + f''(s)
+scatter(g) R{s}. Each rewrite moves per-call elementwise work from the full to the pooled resolution,
+a quarter of the entries for 2x2 pooling: the gather of a v-independent factor (f'(s), f''(s)) is
+computed once per batch, and gather(R{s}) is the one the R-forward pass makes anyway.
 """
 from __future__ import annotations
 
 import collections
+import functools
 
 import numpy as np
 
+from .. import expr as ex
 from ..graph import FLOAT
 from .module import Module
-from .passes import _clone, _new, cse
+from .passes import _clone, _ExprNodes, _new, cse
 
 # Reductions that see through a total scatter: op name -> whether reducing node n sums over every axis in
 # ``axes`` (then n of scatter(a) is n of a).
@@ -73,6 +81,50 @@ def _biased(node, axes):
     return None
 
 
+def _split(e, op):
+    """The operands of a chain of ``op`` (a sum's terms, a product's factors)."""
+    return _split(e.args[0], op) + _split(e.args[1], op) if e.op == op else [e]
+
+
+def _scatter_factor(term, env, sole, vector):
+    """(scatter node, [(other factors, their env)]) when the product ``term`` has a factor that is a
+    scatter's output read only here, or a v-independent product with a scatter factor (f''(s) times the
+    pooled cotangent scattered back: zero off the selection too); else None."""
+    factors = _split(term, "mul")
+    for j, f in enumerate(factors):
+        if f.op != "var":
+            continue
+        v, others = env[f.value], factors[:j] + factors[j + 1:]
+        if getattr(v.op, "selection", None) == "scatter" and sole(v):
+            return v, [(others, env)]
+        if not v.is_leaf and v.op.kind == "elementwise" and v not in vector:
+            inner = dict(zip(v.op.params, v.inputs, strict=True))
+            parts = _split(v.op.expr, "mul")
+            for i, g in enumerate(parts):
+                if g.op == "var" and getattr(inner[g.value].op, "selection", None) == "scatter":
+                    return inner[g.value], [(others, env), (parts[:i] + parts[i + 1:], inner)]
+    return None
+
+
+def _scattered_terms(node, sole, vector):
+    """For an elementwise node sum_k scatter(a_k) * r_k, all through one selection that shrinks: the
+    terms as (scatter node, factor groups); else None."""
+    env = dict(zip(node.op.params, node.inputs, strict=True))
+    terms, key = [], None
+    for term in _split(node.op.expr, "add"):
+        found = _scatter_factor(term, env, sole, vector)
+        if found is None:
+            return None
+        scattered = found[0]
+        k = (id(scattered.op), tuple(map(id, scattered.inputs[1:])), scattered.op.attrs_key(scattered.attrs))
+        if key not in (None, k) or scattered.shape != node.shape or \
+                _size(scattered.inputs[0].shape) >= _size(scattered.shape):
+            return None
+        terms.append(found)
+        key = k
+    return terms
+
+
 def through_selections(module: Module) -> Module:
     """Apply the identities above wherever they shrink per-call work: the product or sum rewritten
     must have no other reader in the entry (which would still need it at full resolution). Entries
@@ -89,7 +141,7 @@ def _rewrite_entry(module, name):
     vector, nodes = module.vector, module.nodes([name])
     readers = collections.Counter(i for node in nodes for i in node.inputs)
     readers.update(module.outputs([name]))
-    mapping = {}
+    mapping, made = {}, _ExprNodes()
 
     def sole(v):
         return readers[v] == 1
@@ -111,6 +163,35 @@ def _rewrite_entry(module, name):
                 return _new(add, (gather(sel, a), mapping.get(b, b)), x.tag)
         return _clone(sel, (mapping.get(x, x),) + sel.inputs[1:])
 
+    def factor_node(factors, env, tag):
+        """The product of ``factors`` (expressions over ``env``) as a node; a bare variable is its input."""
+        if len(factors) == 1 and factors[0].op == "var":
+            return mapping.get(env[factors[0].value], env[factors[0].value])
+        product = functools.reduce(lambda a, b: a * b, factors)
+        return made.make("selected", product, {p: mapping.get(v, v) for p, v in env.items()}, tag)
+
+    def scatter_of_sum(node, terms):
+        """sum_k scatter(a_k) * r_k -> scatter(sum_k a_k * gather(r_k)): one scatter, the products at
+        the pooled resolution, gather(r_k) split into its v-independent part (computed once per batch)
+        and its per-call part (R{s}: the gather the R-forward pass already makes)."""
+        pooled = []
+        for scattered, groups in terms:
+            scattered = mapping.get(scattered, scattered)
+            term = scattered.inputs[0]
+            for factors, env in groups:
+                for per_call in (False, True):
+                    part = [f for f in factors if any(env[p] in vector for p in ex.variables(f)) == per_call]
+                    if not part:
+                        continue
+                    r = factor_node(part, env, node.tag if per_call else "forward")
+                    if r.shape != scattered.shape:
+                        return None
+                    g = scattered.op.select(scattered, r)
+                    term = _new(mul, (term, g if per_call else batch_node(g)), node.tag)
+            pooled.append(term)
+        total = functools.reduce(lambda a, b: _new(add, (a, b), node.tag), pooled)
+        return _new(scattered.op, (total,) + scattered.inputs[1:], node.tag, scattered.attrs)
+
     for node in nodes:
         if node.is_leaf:
             continue
@@ -118,12 +199,8 @@ def _rewrite_entry(module, name):
         new = None
         if node.op.selection == "gather" and _size(node.shape) < _size(node.inputs[0].shape):
             new = gather(_clone(node, inputs), node.inputs[0])
-        elif (prod := _product(node, vector)) and getattr(prod[0].op, "selection", None) == "scatter" \
-                and sole(prod[0]):
-            scattered, c = (mapping.get(v, v) for v in prod)
-            if _size(scattered.inputs[0].shape) < _size(scattered.shape):
-                a = _new(mul, (scattered.inputs[0], batch_node(scattered.op.select(scattered, c))), node.tag)
-                new = _new(scattered.op, (a,) + scattered.inputs[1:], node.tag, scattered.attrs)
+        elif node in vector and node.op.kind == "elementwise" and (terms := _scattered_terms(node, sole, vector)):
+            new = scatter_of_sum(node, terms)
         elif node.op.name in SEE_THROUGH_SCATTER and getattr(inputs[0].op, "selection", None) == "scatter":
             axes = inputs[0].op.selection_axes(inputs[0])
             if axes is not None and SEE_THROUGH_SCATTER[node.op.name](node, axes):
