@@ -236,8 +236,11 @@ def test_hv_second_order_terms_run_at_pooled_resolution():
     the pooled resolution (gather(R{s}) being the R-forward's own)."""
     g = rg.nn.small_cnn(input_shape=(2, 8, 8), channels=(3, 4), l2=1e-3)
     full = {(None, 3, 8, 8), (None, 4, 4, 4)}   # the two poolings' inputs
-    _, vector = rg.compile(g)._plans["hv"]
+    prog = rg.compile(g)
+    _, vector = prog._plans["hv"]
     assert not [n for n in vector if n.op.kind == "fused" and n.shape in full]
+    # its batch-stage coefficient reads the gradient's cotangents: no kernel of jv or gv may carry it
+    assert prog.cost("jv", batch_size=4)["batch"]["gemms"] == prog.cost("gv", batch_size=4)["batch"]["gemms"] == 3
     assert len([n for n in vector if n.op.name == "pool_scatter"]) == 2
     assert len([n for n in vector if n.op.name == "pool_gather"]) == 2
     plain = rg.compile(g, fuse=False)._plans["hv"][1]

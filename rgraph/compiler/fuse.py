@@ -318,14 +318,17 @@ def groups(module: Module) -> list[list[Value]]:
         """Same stage and shape; in the batch stage the same entries (so ``bind`` computes nothing only
         ``grad`` or ``hv`` needs); in the vector stage one entry set may contain the other (a J v kernel
         may carry the Gauss-Newton term gv adds to it: cheap per call, and it keeps one kernel between
-        two GEMMs)."""
+        two GEMMs) as long as the carried node reads nothing else the wider set's entries do not
+        already compute (Hv's pooled second-order term reads the gradient's cotangents: carried in the
+        R-forward kernel, it would put the backward pass into gv's batch stage)."""
         return a.shape == b.shape and same_stage(a, b)
 
     def same_stage(a, b):
         if (a in module.vector) != (b in module.vector):
             return False
         if a in module.vector:
-            return need[a] <= need[b] or need[b] <= need[a]
+            small, big = (a, b) if need[a] <= need[b] else (b, a)
+            return need[small] <= need[big] and all(need[i] >= need[big] for i in small.inputs if not _fusable(i))
         return need[a] == need[b]
 
     def convex(members):
