@@ -57,16 +57,10 @@ class NumbaKernel:
         K), or None where the ufunc kernel runs."""
         if any(not isinstance(a, np.ndarray) or a.dtype != self.dtype for a in arrays):
             return None
-        order = memory_order(next((a for a in arrays if a.shape == shape), None))
-        results = list(out) if out is not None else [empty(np, shape, self.dtype, order) for _ in self.op.exprs]
-        order = order or tuple(range(len(shape)))
+        result_order = memory_order(next((a for a in arrays if a.shape == shape), None))
+        order = result_order or tuple(range(len(shape)))
         mem_shape = tuple(shape[a] for a in order)
         flat, kinds, first = [], [], None
-        for r in results:
-            m = r.transpose(order)
-            if r.dtype != self.dtype or not m.flags.c_contiguous:
-                return None
-            flat.append(m.reshape(-1))
         for a in arrays:
             m = np.broadcast_to(a, shape).transpose(order)
             if a.shape == shape or a.size == 1:
@@ -82,13 +76,19 @@ class NumbaKernel:
             first = j
             flat.append(row.reshape(-1))
             kinds.append("row")
-        n_out = len(results)
-        for j, x in enumerate(flat[n_out:]):  # an input the kernel writes over (in place) is read from there
-            same = [k for k, o in enumerate(flat[:n_out]) if _data(o) == _data(x) and o.size == x.size]
+        results = list(out) if out is not None else [empty(np, shape, self.dtype, result_order)
+                                                     for _ in self.op.exprs]
+        outs = [r.transpose(order) for r in results]
+        if any(r.dtype != self.dtype or not m.flags.c_contiguous for r, m in zip(results, outs)):
+            return None
+        outs = [m.reshape(-1) for m in outs]
+        for j, x in enumerate(flat):  # an input the kernel writes over (in place) is read from there
+            same = [k for k, o in enumerate(outs) if _data(o) == _data(x) and o.size == x.size]
             if same and kinds[j] == "full":
                 kinds[j] = f"o{same[0]}"  # one array for both: the loop then vectorises (no alias check)
-            elif any(np.may_share_memory(o, x) for o in flat[:n_out]):
+            elif any(np.may_share_memory(o, x) for o in outs):
                 return None
+        flat = outs + flat
         if first is None:  # rows of about ROW elements, made of whole trailing memory axes
             sizes = np.cumprod(mem_shape[::-1])
             first = len(mem_shape) - 1 - min(int(np.searchsorted(sizes, ROW)), len(sizes) - 1)

@@ -179,15 +179,17 @@ def _rewrite_entry(module, name):
             scattered = mapping.get(scattered, scattered)
             term = scattered.inputs[0]
             for factors, env in groups:
-                for per_call in (False, True):
-                    part = [f for f in factors if any(env[p] in vector for p in ex.variables(f)) == per_call]
+                per_call = [f for f in factors if any(env[p] in vector for p in ex.variables(f))]
+                batch = [f for f in factors if f not in per_call and ex.variables(f)]
+                (batch or per_call).extend(f for f in factors if not ex.variables(f))  # constants ride along
+                for part, tag in ((batch, "forward"), (per_call, node.tag)):
                     if not part:
                         continue
-                    r = factor_node(part, env, node.tag if per_call else "forward")
+                    r = factor_node(part, env, tag)
                     if r.shape != scattered.shape:
                         return None
                     g = scattered.op.select(scattered, r)
-                    term = _new(mul, (term, g if per_call else batch_node(g)), node.tag)
+                    term = _new(mul, (term, g if part is per_call else batch_node(g)), node.tag)
             pooled.append(term)
         total = functools.reduce(lambda a, b: _new(add, (a, b), node.tag), pooled)
         return _new(scattered.op, (total,) + scattered.inputs[1:], node.tag, scattered.attrs)
