@@ -359,7 +359,7 @@ CONST_FORMAT = {"numpy": repr, "numexpr": repr, "cuda": lambda v: f"(T){v!r}", "
 
 
 def render(e: Expr, target: str, names: dict | None = None) -> str:
-    """Print ``e`` as one inline expression for ``target`` ("numpy", "numexpr" or "cuda").
+    """Print ``e`` as one inline expression for ``target`` ("numpy", "numexpr", "cuda" or "numba").
 
     ``names`` renames variables (and may map whole subexpressions to temporaries).
     """

@@ -141,8 +141,8 @@ def split_batch(op, kernel):
         chunk = max(1, min(CHUNK_BYTES * n // max(largest, 1), -(-n // workers())))
         if chunk >= n or largest < MIN_SPLIT_BYTES:  # small work: threads would cost more than they save
             return kernel(xp, *arrays, out=out, **attrs)
-        list(thread_pool().map(lambda s: kernel(xp, *(a[s:s + chunk] for a in arrays), out=out[s:s + chunk], **attrs),
-                       range(0, n, chunk)))
+        list(thread_pool().map(lambda s: kernel(xp, *(a[s:s + chunk] for a in arrays), out=out[s:s + chunk],
+                                                **attrs), range(0, n, chunk)))
         return out
     return run
 
