@@ -76,6 +76,31 @@ class MatMul(Op):
         ga, gb = self.RULES[node.attrs.get("transpose_a", False), node.attrs.get("transpose_b", False)]
         return [ga(a, b, g), gb(a, b, g)]
 
+    def merge_sum(self, x, y):
+        """x + y for two GEMMs with untransposed left operands as one GEMM over operands joined along the
+        contracted axis: A1 B1 + A2 B2 = [A1 A2] [B1; B2]. Taken where copying the left operands moves
+        fewer elements than the output's add would (K1 + K2 <= O: a narrow contracted axis, as in a
+        convolution's backward to its patches); one longer GEMM also runs faster than two short ones."""
+        (a1, b1), (a2, b2) = x.inputs, y.inputs
+        tb = x.attrs.get("transpose_b", False)
+        if x.attrs.get("transpose_a") or y.attrs.get("transpose_a") or y.attrs.get("transpose_b", False) != tb:
+            return None
+        if a1.shape[:-1] != a2.shape[:-1] or b1.ndim != 2 or b2.ndim != 2 or a1.dtype != a2.dtype:
+            return None
+        if a1.shape[-1] + a2.shape[-1] > x.shape[-1]:
+            return None
+        return matmul(concat(a1, a2, -1), concat(b1, b2, 1 if tb else 0), transpose_b=tb)
+
+    @staticmethod
+    def products(node):
+        """The matrix products a GEMM sums: one per piece of a left operand joined along its contracted
+        axis (merge_sum), else 1."""
+        def pieces(a):
+            if a.op.name != "concat" or a.attrs["axis"] != a.ndim - 1:
+                return 1
+            return pieces(a.inputs[0]) + pieces(a.inputs[1])
+        return 1 if node.attrs.get("transpose_a") else pieces(node.inputs[0])
+
     @staticmethod
     def flops(shapes, attrs):
         """2 m n k: the contracted length is the last axis of A, or its rows when A is transposed."""
@@ -199,6 +224,84 @@ class StopGradient(Op):
         return None
 
 
+def _known_axis(x, axis):
+    """``axis`` normalised; its length must be known (not the batch axis of a graph)."""
+    if not -x.ndim <= axis < x.ndim:
+        raise ShapeError(f"axis {axis} is out of range for {x.ndim} dimensions")
+    axis %= x.ndim
+    if x.shape[axis] is None:
+        raise ShapeError(f"axis {axis} is the batch axis, whose length is known only at bind time")
+    return axis
+
+
+class Concat(Op):
+    """Join a and b along ``axis`` (every other length equal). vjp: the two slices of g. Linear in (a, b)
+    jointly, not in each: R{concat(a, b)} = concat(R{a}, R{b}), a zero tangent padded in as zeros.
+
+    The compiler joins GEMM operands with it: A1 B1 + A2 B2 = [A1 A2] [B1; B2] (MatMul.merge_sum)."""
+    name, writes_out = "concat", True
+
+    def infer(self, a, b, axis):
+        require_float(self, a, b)
+        axis = _known_axis(a, axis)
+        if a.ndim != b.ndim or a.shape[:axis] + a.shape[axis + 1:] != b.shape[:axis] + b.shape[axis + 1:]:
+            raise ShapeError(f"cannot join {fmt_shape(a.shape)} and {fmt_shape(b.shape)} along axis {axis}")
+        _known_axis(b, axis)
+        return Type(a.shape[:axis] + (a.shape[axis] + b.shape[axis],) + a.shape[axis + 1:], FLOAT)
+
+    def forward(self, xp, a, b, axis, out=None):
+        return xp.concatenate([a, b], axis=axis, out=out)
+
+    def vjp(self, node, g):
+        a, b = node.inputs
+        axis, k = node.attrs["axis"], a.shape[node.attrs["axis"]]
+        return [slice_axis(g, axis, 0, k), slice_axis(g, axis, k, k + b.shape[axis])]
+
+    def rop(self, node, tangents):
+        (a, b), (ra, rb), axis = node.inputs, tangents, node.attrs["axis"]
+        if ra is None or rb is None:
+            return None if ra is rb else pad_axis(ra, axis, 0, b.shape[axis]) if rb is None \
+                else pad_axis(rb, axis, a.shape[axis], 0)
+        return concat(ra, rb, axis)
+
+
+class SliceAxis(Op):
+    """x[..., start:stop, ...] along ``axis`` (a copy). vjp: g zero-padded back, pad_axis."""
+    name, linear_in = "slice_axis", (0,)
+
+    def infer(self, x, axis, start, stop):
+        axis = _known_axis(x, axis)
+        if not 0 <= start < stop <= x.shape[axis]:
+            raise ShapeError(f"slice {start}:{stop} of axis {axis} of {fmt_shape(x.shape)}")
+        return Type(x.shape[:axis] + (stop - start,) + x.shape[axis + 1:], x.dtype)
+
+    def forward(self, xp, x, axis, start, stop):
+        return x[(slice(None),) * axis + (slice(start, stop),)].copy()
+
+    def vjp(self, node, g):
+        axis, start, stop = node.attrs["axis"], node.attrs["start"], node.attrs["stop"]
+        return [pad_axis(g, axis, start, node.inputs[0].shape[axis] - stop)]
+
+
+class PadAxis(Op):
+    """Zeros before and after x along ``axis``. vjp: the slice of g where x sits, slice_axis."""
+    name, linear_in = "pad_axis", (0,)
+
+    def infer(self, x, axis, before, after):
+        require_float(self, x)
+        axis = _known_axis(x, axis)
+        if before < 0 or after < 0:
+            raise ShapeError(f"negative padding ({before}, {after})")
+        return Type(x.shape[:axis] + (x.shape[axis] + before + after,) + x.shape[axis + 1:], FLOAT)
+
+    def forward(self, xp, x, axis, before, after):
+        return xp.pad(x, [(before, after) if i == axis else (0, 0) for i in range(x.ndim)])
+
+    def vjp(self, node, g):
+        axis, before = node.attrs["axis"], node.attrs["before"]
+        return [slice_axis(g, axis, before, before + node.inputs[0].shape[axis])]
+
+
 class Max(Op):
     """Maximum over axes. No derivative rules: use it under stop_gradient, or through a gather."""
     name = "amax"
@@ -232,11 +335,27 @@ class OneHot(Op):
 matmul_op, reshape_op, transpose_op = register(MatMul()), register(Reshape()), register(Transpose())
 broadcast_op, sum_op, count_op = register(BroadcastTo()), register(Sum()), register(Count())
 stop_gradient, amax_op, onehot_op = register(StopGradient()), register(Max()), register(OneHot())
+concat_op, slice_op, pad_op = register(Concat()), register(SliceAxis()), register(PadAxis())
 
 
 def matmul(a, b, transpose_a=False, transpose_b=False):
     """op(a) @ op(b) for 2-D a, b (one GEMM)."""
     return matmul_op(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
+
+
+def concat(a, b, axis):
+    """a and b joined along ``axis``."""
+    return concat_op(a, b, axis=int(axis) % max(a.ndim, 1))
+
+
+def slice_axis(x, axis, start, stop):
+    """x[start:stop] along ``axis``."""
+    return slice_op(x, axis=int(axis) % max(x.ndim, 1), start=int(start), stop=int(stop))
+
+
+def pad_axis(x, axis, before, after):
+    """x with ``before`` zeros ahead of it and ``after`` zeros behind it along ``axis``."""
+    return pad_op(x, axis=int(axis) % max(x.ndim, 1), before=int(before), after=int(after))
 
 
 def reshape(x, shape):

@@ -145,6 +145,11 @@ class Op:
             raise RuleError(f"op {self.name!r}: its vjp is not linear in the cotangent, so no rop can be derived")
         return jv
 
+    def merge_sum(self, x, y):
+        """x + y, for two per-call results ``x`` and ``y`` of this op read by nothing else, as one node
+        where that costs less (MatMul: one GEMM over joined operands); None keeps the sum."""
+        return None
+
     def select(self, node, x) -> Value:
         """For a selection op: the gather of the entries ``node`` selects from (a gather) or adds into
         (a scatter), applied to ``x``, shaped like a gather's input 0 or a scatter's output."""

@@ -12,7 +12,8 @@ from helpers_compiler import batch_for, products, rel
 
 
 def test_stage_names_in_order():
-    assert STAGE_NAMES == ["derive", "simplify", "cse", "dce", "stage", "hoist", "fuse", "schedule", "lower"]
+    assert STAGE_NAMES == ["derive", "simplify", "cse", "dce", "stage", "hoist", "merge", "fuse", "schedule",
+                           "lower"]
 
 
 @pytest.mark.parametrize("until", STAGE_NAMES[:-1])

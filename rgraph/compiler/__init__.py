@@ -1,6 +1,6 @@
 """``rg.compile``: a list of named graph-to-graph stages, run in order.
 
-    derive -> simplify -> cse -> dce -> stage -> hoist -> fuse -> schedule -> lower
+    derive -> simplify -> cse -> dce -> stage -> hoist -> merge -> fuse -> schedule -> lower
 
 Each stage takes and returns a ``Module`` (the entry points as symbolic outputs, plus what the stage
 adds), so ``compile(g, until="fuse")`` returns the module after any stage for inspection and drawing.
@@ -22,6 +22,11 @@ def _derive(module: Module) -> Module:
     return module
 
 
+def _merge(module: Module) -> Module:
+    from .merge import merge
+    return merge(module) if module.options.get("fuse", True) else module
+
+
 def _fuse(module: Module) -> Module:
     from .fuse import fuse
     return fuse(module) if module.options.get("fuse", True) else module
@@ -37,7 +42,7 @@ def _hoist(module: Module) -> Module:
 
 
 STAGES = [("derive", _derive), ("simplify", simplify), ("cse", cse), ("dce", dce), ("stage", stage),
-          ("hoist", _hoist), ("fuse", _fuse), ("schedule", _schedule)]
+          ("hoist", _hoist), ("merge", _merge), ("fuse", _fuse), ("schedule", _schedule)]
 STAGE_NAMES = [name for name, _ in STAGES] + ["lower"]
 
 
@@ -52,7 +57,7 @@ def compile(graph, backend: str = "numpy", dtype: str = "float64", *, until: str
 
     ``backend``: "numpy", "cupy" or "auto" (CuPy when a GPU is usable). ``dtype``: "float32" or
     "float64". ``transposed_rop`` derives every R-op through two VJPs (for checking hand R-ops).
-    ``fuse=False`` skips hoisting and fusion (every op runs its own kernel: the reference program).
+    ``fuse=False`` skips hoisting, merging and fusion (every op runs its own kernel: the reference program).
     """
     from ..backends import get_backend
     from ..program import Program

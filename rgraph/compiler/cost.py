@@ -1,6 +1,8 @@
 """The cost model: what one call of an entry's batch and vector stages costs, counted on the program.
 
-* ``gemms``: GEMM instructions (ops of kind "gemm"; a convolution counts as its one im2col GEMM).
+* ``gemms``: the matrix products of the stage's GEMMs (ops of kind "gemm"; a convolution counts as its
+  one im2col GEMM; a GEMM over joined operands, compiler.merge, as the products it sums).
+* ``gemm_calls``: GEMM instructions (a merged GEMM is one call).
 * ``flops``: 2mnk per GEMM; per elementwise kernel, one per scalar operation per element; one per
   output element for everything else (reductions, reshapes, gathers).
 * ``bytes``: bytes read plus written by the stage's kernels.
@@ -65,7 +67,9 @@ def stage_cost(nodes, reads_after, n, dtype) -> dict:
                 live -= b(i)
         if node not in last_use and node not in reads_after:
             live -= b(node)
-    return {"gemms": sum(1 for x in nodes if x.op.kind == "gemm"),
+    gemms = [x for x in nodes if x.op.kind == "gemm"]
+    return {"gemms": sum(x.op.products(x) if hasattr(x.op, "products") else 1 for x in gemms),
+            "gemm_calls": len(gemms),
             "flops": sum(node_flops(x, n) for x in nodes),
             "bytes": int(total_bytes), "peak_bytes": int(peak)}
 
