@@ -118,9 +118,9 @@ def test_max_pooling_propagates_nan_like_numpy_argmax():
 @pytest.mark.parametrize("kernel, stride, padding", POOL_CASES + [((2, 3), (2, 3), ((0, 1), (0, 0))), (3, 1, 1)])
 def test_numpy_backend_pool_and_patch_kernels_match_the_reference_kernels(kernel, stride, padding, memory, dtype,
                                                                           monkeypatch):
-    """The NumPy backend's Numba pooling and patch kernels and its batch-chunked, threaded per-sample
-    kernels (forced to one-sample chunks here) give the ops' own kernels' results, with and without
-    out=, on inputs in either memory order and either float width (the pooling kernels select on the
+    """The NumPy backend's Numba pooling and patch kernels, batch-chunked and threaded where they
+    allocate (forced to one-sample chunks here) and in one call into out=, give the ops' own kernels'
+    results, on inputs in either memory order and either float width (the pooling kernels select on the
     floats' bits)."""
     from rgraph.backends import numpy as nb
     from rgraph.ops.conv import pair, padding_pairs
