@@ -7,7 +7,7 @@ import numpy as np
 
 from rgraph.errors import ShapeError, fmt_shape
 from rgraph.graph import FLOAT, Type
-from rgraph.op import Op, broadcast_shapes, register, require_float
+from rgraph.op import Op, add_all, broadcast_shapes, register, require_float
 
 
 def _axes(axis, ndim, op):
@@ -22,6 +22,13 @@ def _axes(axis, ndim, op):
     if len(set(out)) != len(out):
         raise ShapeError(f"repeated axis in {axes}")
     return tuple(sorted(out))
+
+
+def _pieces(a, transposed):
+    """How many operands a left GEMM operand joins along its contracted axis (1 unless it is a concat)."""
+    if transposed or a.op.name != "concat" or a.attrs["axis"] != a.ndim - 1:
+        return 1
+    return _pieces(a.inputs[0], False) + _pieces(a.inputs[1], False)
 
 
 class MatMul(Op):
@@ -77,10 +84,16 @@ class MatMul(Op):
         return [ga(a, b, g), gb(a, b, g)]
 
     def merge_sum(self, x, y):
-        """x + y for two GEMMs with untransposed left operands as one GEMM over operands joined along the
-        contracted axis: A1 B1 + A2 B2 = [A1 A2] [B1; B2]. Taken where copying the left operands moves
-        fewer elements than the output's add would (K1 + K2 <= O: a narrow contracted axis, as in a
-        convolution's backward to its patches); one longer GEMM also runs faster than two short ones."""
+        """x + y as one GEMM over operands joined along the contracted axis, A1 B1 + A2 B2 = [A1 A2] [B1; B2],
+        where the left operands are untransposed and joining them copies fewer elements than the output's
+        add would (K1 + K2 <= O: a narrow contracted axis, as in a convolution's backward to its patches;
+        one longer GEMM also runs faster than two short ones). Otherwise y's GEMM accumulates into x's
+        result, matmul_add(x, A2, B2), which saves the add's pass over the output."""
+        joined = self._joined(x, y)
+        return joined if joined is not None else matmul_add_op(x, *y.inputs, **y.attrs)
+
+    @staticmethod
+    def _joined(x, y):
         (a1, b1), (a2, b2) = x.inputs, y.inputs
         tb = x.attrs.get("transpose_b", False)
         if x.attrs.get("transpose_a") or y.attrs.get("transpose_a") or y.attrs.get("transpose_b", False) != tb:
@@ -95,11 +108,7 @@ class MatMul(Op):
     def products(node):
         """The matrix products a GEMM sums: one per piece of a left operand joined along its contracted
         axis (merge_sum), else 1."""
-        def pieces(a):
-            if a.op.name != "concat" or a.attrs["axis"] != a.ndim - 1:
-                return 1
-            return pieces(a.inputs[0]) + pieces(a.inputs[1])
-        return 1 if node.attrs.get("transpose_a") else pieces(node.inputs[0])
+        return _pieces(node.inputs[0], node.attrs.get("transpose_a", False))
 
     @staticmethod
     def flops(shapes, attrs):
@@ -107,6 +116,50 @@ class MatMul(Op):
         (a, b), out = shapes
         k = int(np.prod(a[:-1])) if attrs.get("transpose_a") else a[-1]
         return 2 * int(np.prod(out)) * k
+
+
+class MatMulAdd(Op):
+    """C + op(A) op(B): one GEMM accumulating into C (BLAS's beta = 1), shapes as in ``matmul``.
+
+    The compiler makes it from a per-call sum of two GEMMs (MatMul.merge_sum); C's buffer may be the
+    result's (``overwrites``). vjp: g for C, MatMul's rules for A and B. R{.} = R{C} + op(R{A}) op(B) +
+    op(A) op(R{B})."""
+    name, kind, writes_out, overwrites = "matmul_add", "gemm", True, (0,)
+
+    def infer(self, c, a, b, transpose_a=False, transpose_b=False):
+        t = MatMul.infer(self, a, b, transpose_a, transpose_b)
+        require_float(self, c)
+        if c.shape != t.shape:
+            raise ShapeError(f"the accumulator {fmt_shape(c.shape)} is not the product's shape {fmt_shape(t.shape)}")
+        return t
+
+    def forward(self, xp, c, a, b, transpose_a=False, transpose_b=False, out=None):
+        product = matmul_op.forward(xp, a, b, transpose_a, transpose_b)
+        if out is None:
+            return c + product
+        xp.add(c, product, out=out)
+        return out
+
+    def vjp(self, node, g):
+        c, a, b = node.inputs
+        ga, gb = MatMul.RULES[node.attrs.get("transpose_a", False), node.attrs.get("transpose_b", False)]
+        return [g, ga(a, b, g), gb(a, b, g)]
+
+    def rop(self, node, tangents):
+        (c, a, b), (rc, ra, rb) = node.inputs, tangents
+        t = {k: node.attrs.get(k, False) for k in ("transpose_a", "transpose_b")}
+        return add_all([rc, None if ra is None else matmul(ra, b, **t), None if rb is None else matmul(a, rb, **t)])
+
+    @staticmethod
+    def flops(shapes, attrs):
+        """2 m n k for the product, m n for the accumulation."""
+        (c, a, b), out = shapes
+        return MatMul.flops(((a, b), out), attrs) + int(np.prod(out))
+
+    @staticmethod
+    def products(node):
+        """The products its GEMM computes (its accumulator's are counted where they are made)."""
+        return _pieces(node.inputs[1], node.attrs.get("transpose_a", False))
 
 
 class Reshape(Op):
@@ -336,6 +389,7 @@ matmul_op, reshape_op, transpose_op = register(MatMul()), register(Reshape()), r
 broadcast_op, sum_op, count_op = register(BroadcastTo()), register(Sum()), register(Count())
 stop_gradient, amax_op, onehot_op = register(StopGradient()), register(Max()), register(OneHot())
 concat_op, slice_op, pad_op = register(Concat()), register(SliceAxis()), register(PadAxis())
+matmul_add_op = register(MatMulAdd())
 
 
 def matmul(a, b, transpose_a=False, transpose_b=False):

@@ -90,6 +90,7 @@ class Op:
     writes_out = False
     per_sample = False
     out_order = None
+    overwrites = ()     # inputs whose buffer the kernel may write its result over (see Backend.in_place)
     kind = "primitive"  # "elementwise" ops may be fused; "gemm" ops are counted by the cost model
     is_leaf = False
     selection = None    # "gather" or "scatter": see select
@@ -147,7 +148,8 @@ class Op:
 
     def merge_sum(self, x, y):
         """x + y, for two per-call results ``x`` and ``y`` of this op read by nothing else, as one node
-        where that costs less (MatMul: one GEMM over joined operands); None keeps the sum."""
+        where that costs less (MatMul: one GEMM over joined operands, or one accumulating into x);
+        None keeps the sum."""
         return None
 
     def select(self, node, x) -> Value:

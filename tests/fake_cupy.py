@@ -47,7 +47,7 @@ def module():
                  "multiply", "copyto", "isfinite", "float32", "float64", "exp", "log", "where", "maximum",
                  "broadcast_to", "reshape", "transpose", "max", "arange", "shape", "result_type", "log1p",
                  "tanh", "sqrt", "abs", "sign", "prod", "argmax", "take_along_axis", "ones", "concatenate",
-                 "stack", "pad", "einsum", "dot", "float_", "int64", "bool_", "newaxis", "full"):
+                 "stack", "pad", "einsum", "dot", "float_", "int64", "bool_", "newaxis", "full", "may_share_memory"):
         if hasattr(np, name):
             setattr(m, name, getattr(np, name))
     m.RawKernel = RawKernel

@@ -1,5 +1,7 @@
-"""merge: Hv's sums of two per-call GEMMs become one GEMM over joined operands where that copies less
-than the add it replaces; results stay exact and the GEMM counts still count matrix products."""
+"""merge: a per-call sum of two GEMMs becomes one GEMM over joined operands where that copies less than
+the add it replaces (Hv's backward through a convolution), else one GEMM accumulating into the other's
+result (matmul_add: every R-forward V a + W R{a}); results stay exact, the GEMM counts still count
+matrix products, and the accumulating GEMM writes over its accumulator's buffer."""
 import numpy as np
 import pytest
 
@@ -41,14 +43,24 @@ def test_hv_merges_convolution_and_dense_backward_sums_and_stays_exact():
         assert rel(got[entry], want[entry]) <= 1e-12, entry
 
 
-def test_gauss_newton_products_have_no_sum_to_merge():
-    """Gv's only GEMM sums are its R-forward ones, V a + W R{a}, whose wide patches would cost more to
-    join than the add; and a GEMM Gv shares with Hv (H R{z} W^T) stays whole in Gv."""
+def test_r_forward_sums_accumulate_and_write_over_their_accumulator():
+    """Gv's R-forward sums V a + W R{a} join patches too wide to copy, so W R{a}'s GEMM result takes the
+    other product (matmul_add), in its buffer: no add kernel and no second buffer. A GEMM Gv shares with
+    Hv (H R{z} W^T) stays whole in Gv."""
     prog = rg.compile(narrow_cnn(), dtype="float64")
     for entry in ("jv", "jtu", "gv"):
         assert not merged_gemms(prog, entry), entry
-        c = prog.cost(entry, batch_size=8)["vector"]
-        assert c["gemm_calls"] == c["gemms"]
+    _, vector = prog._plans["gv"]
+    acc = [n for n in vector if n.op.name == "matmul_add"]
+    assert len(acc) == 2   # the second convolution and the dense layer (the first reads no R{a})
+    assert not [n for n in vector if n.op.kind == "fused" and sum(i.op.kind == "gemm" for i in n.inputs) >= 2]
+    from rgraph.compiler.schedule import plan_buffers
+    be = prog.backend
+    buffer_of, _ = plan_buffers(vector, [v for v in prog.module.entries["gv"] if v is not None], 8, prog.dtype,
+                                lambda x: be.in_place(x.op), wants=lambda x: be.writes_out(x.op))
+    assert all(buffer_of[n] == buffer_of[n.inputs[0]] is not None for n in acc)
+    c = prog.cost("gv", batch_size=8)["vector"]
+    assert c["gemm_calls"] == c["gemms"]
 
 
 @pytest.mark.parametrize("sizes, merged", [([6, 5, 2], 1), ([6, 5, 4, 2], 1), ([6, 8, 4, 2], 2), ([3, 8, 5], 0)])
@@ -63,19 +75,21 @@ def test_mlp_hv_merges_exactly_the_narrow_backward_sums(sizes, merged):
     assert c["gemms"] == 6 * L - 4 and c["gemm_calls"] == 6 * L - 4 - merged
 
 
-def test_merge_sum_joins_only_untransposed_left_operands_over_a_narrow_axis():
+def test_merge_sum_joins_untransposed_left_operands_over_a_narrow_axis_else_accumulates():
     x, y = rg.Graph("g").input("x", (None, 2)), rg.Graph("h").input("y", (None, 3))
     W = {k: constant(np.ones(k)) for k in [(2, 6), (6, 2), (3, 6), (6, 6)]}
     mm = ops.matmul
     joined = mm(x, W[2, 6]).op.merge_sum(mm(x, W[2, 6]), mm(y, W[3, 6]))       # K = 2 + 3 <= 6
     assert joined is not None and joined.inputs[0].shape == (None, 5) and joined.inputs[1].shape == (5, 6)
-    declined = [
+    accumulated = [
         (mm(x, W[2, 6]), mm(x, W[6, 2], transpose_b=True)),      # transposes differ
         (mm(x, W[2, 6]), mm(mm(x, W[2, 6]), W[6, 6])),             # K = 2 + 6 > 6: the copy would cost more
         (mm(x, x, transpose_a=True), mm(x, x, transpose_a=True)),  # contracted over the rows
     ]
-    for a, b in declined:
-        assert a.op.merge_sum(a, b) is None
+    for a, b in accumulated:
+        acc = a.op.merge_sum(a, b)
+        assert acc.op.name == "matmul_add" and acc.attrs == b.attrs
+        assert all(p is q for p, q in zip(acc.inputs, (a,) + tuple(b.inputs), strict=True))
 
 
 def test_concat_with_a_zero_tangent_pads_it_in():
@@ -94,3 +108,32 @@ def test_join_and_slice_errors_name_the_op_and_shapes(bad, match):
     with pytest.raises(rg.ShapeError, match=match) as info:
         bad()
     assert "concat" in str(info.value) or "slice_axis" in str(info.value)
+
+
+@pytest.mark.parametrize("blas", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_add_kernel_matches_the_reference_on_every_layout(dtype, blas, monkeypatch):
+    """The NumPy backend's accumulating GEMM (NumPy's own BLAS with beta = 1, or, without it, a GEMM
+    and an add) gives the op's reference result for (N, P, K) and transposed operands, into a fresh
+    result, a separate out= (C or Fortran order) and the accumulator's own buffer."""
+    from rgraph.backends import numpy as nb
+    from rgraph.backends.blas import available
+    if not blas:
+        monkeypatch.setattr(nb, "gemm_acc", lambda A, B, C: False)
+    elif not available(dtype):
+        pytest.skip("no BLAS with an accumulating GEMM found beside NumPy")
+    kernel = nb.BACKEND.kernel(ops.matmul_add_op)
+    rng = np.random.default_rng(0)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    for a_shape, b_shape, attrs in [((4, 6, 5), (5, 3), {}), ((4, 6, 5), (3, 5), {"transpose_b": True}),
+                                    ((7, 5), (7, 3), {"transpose_a": True}), ((24, 5), (5, 3), {})]:
+        a, b = rng.standard_normal(a_shape).astype(dtype), rng.standard_normal(b_shape).astype(dtype)
+        product = ops.matmul_add_op.forward(np, np.zeros(()), a, b, **attrs)
+        c = rng.standard_normal(product.shape).astype(dtype)
+        want = c + product
+        got = kernel(np, c, a, b, **attrs)
+        assert rel(got, want) <= tol and not np.shares_memory(got, c)
+        for out in (np.full_like(c, np.nan), np.asfortranarray(np.full_like(c, np.nan))):
+            assert kernel(np, c, a, b, out=out, **attrs) is out and rel(out, want) <= tol
+        own = c.copy()
+        assert kernel(np, own, a, b, out=own, **attrs) is own and rel(own, want) <= tol

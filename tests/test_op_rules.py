@@ -37,6 +37,8 @@ CASES = {
     "matmul_tb": (lambda a, b: ops.matmul(a, b, transpose_b=True), (3, 5), (2, 5)),
     "matmul_tab": (lambda a, b: ops.matmul(a, b, transpose_a=True, transpose_b=True), (5, 3), (2, 5)),
     "dense": (ops.dense, (3, 5), (5, 2), (2,)),
+    "matmul_add": (lambda c, a, b: ops.matmul_add_op(c, a, b), (3, 2), (3, 5), (5, 2)),
+    "matmul_add_tb": (lambda c, a, b: ops.matmul_add_op(c, a, b, transpose_b=True), (3, 2), (3, 5), (2, 5)),
     "concat": (lambda a, b: ops.concat(a, b, -1), (3, 4), (3, 2)),
     "concat_rows": (lambda a, b: ops.concat(a, b, 0), (2, 4), (3, 4)),
     "slice_axis": (lambda a: ops.slice_axis(a, 1, 1, 3), (3, 4)),
@@ -66,7 +68,7 @@ def test_builtin_op_passes_the_checker(name):
 def test_every_core_op_has_a_checker_case():
     """A new op in the elementwise, linalg or loss family must come with a case above."""
     covered = {"add", "sub", "mul", "div", "neg", "exp", "log", "log1p", "sqrt", "square", "sigmoid", "tanh", "relu",
-               "softplus", "swish", "where", "matmul", "concat", "slice_axis", "pad_axis", "reshape", "transpose", "broadcast_to", "sum",
+               "softplus", "swish", "where", "matmul", "matmul_add", "concat", "slice_axis", "pad_axis", "reshape", "transpose", "broadcast_to", "sum",
                "stop_gradient", "pow3", "pow1.5"}
     no_derivative = {"greater", "greater_equal", "less", "less_equal", "count", "amax", "onehot"}
     missing = set(ops.CORE_OPS) - covered - no_derivative

@@ -40,11 +40,14 @@ class Backend:
             return True
         return op.writes_out and op.name not in self.kernels
 
-    def in_place(self, op) -> bool:
-        """Whether ``op``'s kernel may write over one of its (same-shaped) inputs: a one-output fused
-        kernel without temporaries reads each element before it writes it."""
+    def in_place(self, op):
+        """Which (same-shaped) inputs ``op``'s kernel may write its result over: True for any (a one-output
+        fused kernel without temporaries reads each element before it writes it), else the positions the
+        op declares in ``overwrites`` (matmul_add's accumulator)."""
         from ..compiler.fuse import statements
-        return op.kind == "fused" and len(op.exprs) == 1 and len(statements(op.exprs, "numexpr", "transcendental")) == 1
+        if op.kind == "fused":
+            return len(op.exprs) == 1 and len(statements(op.exprs, "numexpr", "transcendental")) == 1
+        return tuple(op.overwrites)
 
     def asarray(self, a, dtype=None):
         return self.xp.asarray(a, dtype=dtype)
@@ -59,23 +62,40 @@ class Backend:
         return f"<backend {self.name}>"
 
 
-def matmul_out(xp, a, b, transpose_a=False, transpose_b=False, out=None):
-    """One GEMM (BLAS / cuBLAS), into ``out`` when given; leading axes of an operand index rows, as in
-    ops.linalg.MatMul, so an (N, P, K) operand is one (N*P, K) matrix."""
+def gemm_operands(a, b, transpose_a=False, transpose_b=False):
+    """(A, B, rows): the 2-D matrices of ops.linalg.MatMul's operands (leading axes of an operand index
+    rows, so an (N, P, K) operand is one (N*P, K) matrix) and the leading axes of the result."""
     a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
     A, B = (a2.T if transpose_a else a2), (b2.T if transpose_b else b2)
-    rows = (A.shape[0],) if transpose_a or a.ndim == 2 else a.shape[:-1]
+    return A, B, ((A.shape[0],) if transpose_a or a.ndim == 2 else a.shape[:-1])
+
+
+def matmul_out(xp, a, b, transpose_a=False, transpose_b=False, out=None):
+    """One GEMM (BLAS / cuBLAS), into ``out`` when given."""
+    A, B, rows = gemm_operands(a, b, transpose_a, transpose_b)
     if out is not None:
         xp.matmul(A, B, out=out.reshape(A.shape[0], B.shape[1]))
         return out
     return xp.matmul(A, B).reshape(rows + (B.shape[1],))
 
 
+def matmul_add_out(xp, c, a, b, transpose_a=False, transpose_b=False, out=None):
+    """c + op(a) op(b): the GEMM into ``out``, then c added (a temporary only where out is c's buffer)."""
+    if out is None:
+        return c + matmul_out(xp, a, b, transpose_a, transpose_b)
+    if xp.may_share_memory(out, c):
+        out += matmul_out(xp, a, b, transpose_a, transpose_b)
+        return out
+    matmul_out(xp, a, b, transpose_a, transpose_b, out=out)
+    out += c
+    return out
+
+
 def sum_out(xp, x, axis=None, keepdims=False, out=None):
     return xp.sum(x, axis=axis, keepdims=keepdims, out=out)
 
 
-OUT_KERNELS = {"matmul": matmul_out, "sum": sum_out}
+OUT_KERNELS = {"matmul": matmul_out, "matmul_add": matmul_add_out, "sum": sum_out}
 
 
 def cupy_usable() -> bool:

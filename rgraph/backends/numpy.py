@@ -13,7 +13,8 @@ import numpy as np
 from ..graph import FLOAT, Type
 from ..op import empty
 
-from . import OUT_KERNELS, Backend
+from . import OUT_KERNELS, Backend, gemm_operands
+from .blas import gemm_acc
 from .ufunc_kernel import UfuncKernel
 
 try:
@@ -160,9 +161,37 @@ def _allocate(op, arrays, attrs):
     return empty(np, result.shape, floats[0] if result.is_float else np.dtype(result.dtype), op.out_order)
 
 
+def matmul_add_blas(xp, c, a, b, transpose_a=False, transpose_b=False, out=None):
+    """c + op(a) op(b) as one GEMM accumulating into the result (blas.gemm_acc) after c is copied there,
+    unless the result is c's own buffer (the planner lets it overwrite a dying accumulator)."""
+    A, B, rows = gemm_operands(a, b, transpose_a, transpose_b)
+    if out is None:
+        out = np.array(c, order="K")
+    elif not _same_array(out, c):
+        np.copyto(out, c)
+    matrix = _matrix_view(out, A.shape[0], B.shape[1])
+    if matrix is None or not gemm_acc(A, B, matrix):
+        out += np.matmul(A, B).reshape(out.shape)
+    return out
+
+
+def _same_array(x, y):
+    return x.__array_interface__["data"][0] == y.__array_interface__["data"][0] and x.strides == y.strides
+
+
+def _matrix_view(x, m, n):
+    """x as an (m, n) matrix without a copy, or None."""
+    view = x.view()
+    try:
+        view.shape = (m, n)
+    except AttributeError:
+        return None
+    return view
+
+
 try:
     from .numba_kernels import KERNELS as NUMBA_KERNELS
 except ImportError:  # pragma: no cover - numba is a dependency; without it the ops' own kernels run
     NUMBA_KERNELS = {}
-BACKEND = Backend("numpy", np, out_kernels={**OUT_KERNELS, **NUMBA_KERNELS}, fused=compile_fused,
-                  per_sample=split_batch)
+BACKEND = Backend("numpy", np, out_kernels={**OUT_KERNELS, **NUMBA_KERNELS, "matmul_add": matmul_add_blas},
+                  fused=compile_fused, per_sample=split_batch)

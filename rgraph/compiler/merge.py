@@ -4,6 +4,8 @@ the op says that costs less (``Op.merge_sum``).
 Hv's R-backward through a convolution adds two GEMMs of the same shape, R{d} W + d V (and a dense
 layer's R{d} W^T + d V^T); MatMul merges them into one GEMM over joined operands, [R{d} d] [W; V],
 which drops the add of two patch-sized results and runs one GEMM with twice the (narrow) contracted axis.
+Where joining would copy more than the add moves (the R-forward pass's V a + W R{a} over wide patches),
+the second GEMM accumulates into the first's result instead (matmul_add, BLAS's beta = 1).
 """
 from __future__ import annotations
 

@@ -71,8 +71,9 @@ def plan_buffers(nodes, keep, n, dtype, in_place_ok, wants=lambda node: True, or
     its ``pick`` nodes own them); and a list of (shape, dtype, order) per buffer. ``wants(node)``: the
     node's kernel can write into ``out=``. ``order_of(node, k)``: the memory order of the axes of output k
     (None: C order); only buffers of one shape, dtype and order are shared. ``keep``: nodes read after
-    the stage (entry outputs). A fused kernel with one output and no temporaries may write over an input
-    that dies with it (in place).
+    the stage (entry outputs). ``in_place_ok(node)``: True where the node's kernel may write over any input
+    that dies with it (a fused kernel with one output and no temporaries), else the positions of the
+    inputs it may write over (Backend.in_place).
     """
     def shape(v):
         return tuple(n if d is None else d for d in v.shape)
@@ -120,10 +121,12 @@ def plan_buffers(nodes, keep, n, dtype, in_place_ok, wants=lambda node: True, or
                     give(b)  # an output this entry never reads: scratch, free again at once
             buffer_of[node] = tuple(outs)
         else:
-            if in_place_ok(node):
-                for r in dying:
+            over = in_place_ok(node)
+            if over:  # the result may take the buffer of a dying input it overwrites
+                mine = dying if over is True else [r for r in dying if r in {root.get(node.inputs[i], node.inputs[i]) for i in over}]
+                for r in mine:
                     give(buffer_of[r])
-                dying = []
+                dying = [r for r in dying if r not in mine]
             buffer_of[node] = take(key_of(node))
             if last.get(node) is None:
                 give(buffer_of[node])
