@@ -196,14 +196,15 @@ def cmd_cost(args) -> int:
     print(f"{graph.name}: {prog.size:,} parameters, batch {args.batch}, {args.dtype}")
     print("batch stage: once per bind (theta, batch); vector stage: every product call (v or u)")
     print("ratio: FLOPs of one call (the vector stage; the whole pass where it has none) / FLOPs of a gradient")
-    header = f"{'pass':<8} {'stage':<7} {'GEMMs':>6} {'FLOPs':>12} {'bytes':>12} {'peak memory':>12} {'ratio':>7}"
+    print("GEMMs: matrix products; calls: the GEMM calls they take (merged sums of two products are one)")
+    header = f"{'pass':<8} {'stage':<7} {'GEMMs':>6} {'calls':>6} {'FLOPs':>12} {'bytes':>12} {'peak memory':>12} {'ratio':>7}"
     print(header)
     print("-" * len(header))
     last = None
     for name, stage, c, ratio in rows:
         shown = name if name != last else ""
         ratio_text = f"{ratio:.2f}" if (ratio is not None and ratio == ratio) else ""
-        print(f"{shown:<8} {stage:<7} {c.get('gemms', 0):>6} {_si(c.get('flops', 0)):>12} "
+        print(f"{shown:<8} {stage:<7} {c.get('gemms', 0):>6} {c.get('gemm_calls', 0):>6} {_si(c.get('flops', 0)):>12} "
               f"{_si(c.get('bytes', 0), 'B'):>12} {_si(c.get('peak_bytes', 0), 'B'):>12} {ratio_text:>7}")
         last = name
     return 0
