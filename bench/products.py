@@ -8,7 +8,8 @@ median of ``repeats`` runs after warm-up, with every library on all cores. Each 
 GEMM floor (one call of each per round), each library in its own block, and the blocks alternate twice,
 so a drift in the load of a shared machine moves every column of a table alike. rgraph's GFLOP/s (FLOPs from
 ``prog.cost``) is compared with the machine's NumPy GEMM peak (float32 2048^3) and with its own GEMM
-floor (the time of just the GEMMs of that product, run alone on the same operands). Peers are optional:
+floor: the time of just that product's matrix products, one NumPy GEMM each (the program compiled with
+``merge=False``), run alone on the same operands. rgraph's merged GEMMs may take less than it. Peers are optional:
 a missing JAX or PyTorch is skipped. Nothing here is a dependency of rgraph.
 """
 from __future__ import annotations
@@ -140,22 +141,25 @@ def bench_rgraph(w, batch):
         rows[f"{entry} batch stage (once)"] = (lambda e=entry: batch_stage(e), entry, "batch-only")
     for entry, seed, out in (("jv", v, zout), ("jtu", u, flat), ("gv", v, flat), ("hv", v, flat)):
         rows[f"{entry} per call"] = (lambda f=getattr(st, entry), x=seed, o=out: f(x, out=o), entry, "vector")
-    # GEMM floors: just the GEMM instructions of each product, on the same slots (all values computed)
-    st.grad
+    # GEMM floors: just the GEMM instructions of each product, one NumPy GEMM per matrix product (the
+    # program compiled without merging GEMM sums), on that program's slots (all values computed)
+    plain = rg.compile(g, dtype="float32", merge=False)
+    ps = plain.bind(theta, batch)
+    ps.grad
     for entry in ("gv", "hv", "jv", "jtu"):
-        st._batch(entry)
-        getattr(st, entry)(u if entry == "jtu" else v)
+        ps._batch(entry)
+        getattr(ps, entry)(u if entry == "jtu" else v)
     for label, (_, entry, stage) in rows.items():
-        batch_ins, vector_ins = prog.instructions(entry, n)
+        batch_ins, vector_ins = plain.instructions(entry, n)
         if stage == "vector":
             ins = vector_ins
         elif stage == "batch-only":
-            ins = [i for i in batch_ins if i[3] not in prog._plans["loss"][0]]
+            ins = [i for i in batch_ins if i[3] not in plain._plans["loss"][0]]
         else:
             ins = batch_ins
         gemms = [i for i in ins if i[3].op.kind == "gemm"]
         if gemms:
-            floors[label] = lambda g=gemms: _run(g, st._vals, n)
+            floors[label] = lambda g=gemms: _run(g, ps._vals, n)
     flops = {}
     for label, (_, entry, stage) in rows.items():
         c = prog.cost(entry, batch_size=n)

@@ -24,7 +24,7 @@ def _derive(module: Module) -> Module:
 
 def _merge(module: Module) -> Module:
     from .merge import merge
-    return merge(module) if module.options.get("fuse", True) else module
+    return merge(module) if module.options.get("fuse", True) and module.options.get("merge", True) else module
 
 
 def _fuse(module: Module) -> Module:
@@ -47,7 +47,7 @@ STAGE_NAMES = [name for name, _ in STAGES] + ["lower"]
 
 
 def compile(graph, backend: str = "numpy", dtype: str = "float64", *, until: str | None = None,
-            transposed_rop: bool = False, fuse: bool = True):
+            transposed_rop: bool = False, fuse: bool = True, merge: bool = True):
     """Compile a graph's derived passes into a ``Program`` (or, with ``until``, the module after that stage).
 
         >>> import rgraph as rg
@@ -57,7 +57,8 @@ def compile(graph, backend: str = "numpy", dtype: str = "float64", *, until: str
 
     ``backend``: "numpy", "cupy" or "auto" (CuPy when a GPU is usable). ``dtype``: "float32" or
     "float64". ``transposed_rop`` derives every R-op through two VJPs (for checking hand R-ops).
-    ``fuse=False`` skips hoisting, merging and fusion (every op runs its own kernel: the reference program).
+    ``fuse=False`` skips hoisting, merging and fusion (every op runs its own kernel: the reference program);
+    ``merge=False`` only the merging of GEMM sums (each matrix product then runs as its own GEMM).
     """
     from ..backends import get_backend
     from ..program import Program
@@ -65,7 +66,7 @@ def compile(graph, backend: str = "numpy", dtype: str = "float64", *, until: str
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     if until is not None and until not in STAGE_NAMES:
         raise ValueError(f"unknown stage {until!r}; stages are {STAGE_NAMES}")
-    module = Module(graph, options={"transposed_rop": transposed_rop, "fuse": fuse})
+    module = Module(graph, options={"transposed_rop": transposed_rop, "fuse": fuse, "merge": merge})
     for name, run in STAGES:
         module = run(module)
         module.history.append(name)
