@@ -349,10 +349,11 @@ PRINTERS = {
     "cuda": {**_COMMON, "pow": "pow({0}, {1})", "exp": "exp({0})", "log": "log({0})", "log1p": "log1p({0})",
              "sqrt": "sqrt({0})", "tanh": "tanh({0})", "sigmoid": "((T)0.5 * tanh((T)0.5 * {0}) + (T)0.5)",
              "abs": "fabs({0})", "sign": "(T)(({0} > 0) - ({0} < 0))", "where": "({0} ? {1} : {2})"},
-    # Numba: T is the kernel's float type, so float32 stays float32 (bools and literals would promote)
+    # Numba: T is the kernel's float type, so float32 stays float32 (bools and literals would promote);
+    # vexp is backends/numba_math's exp, which LLVM vectorises (np.exp is a scalar call there)
     "numba": {**_COMMON, **{c: f"T({_COMMON[c]})" for c in COMPARISONS}, "pow": "np.power({0}, {1})",
-              "exp": "np.exp({0})", "log": "np.log({0})", "log1p": "np.log1p({0})", "sqrt": "np.sqrt({0})",
-              "tanh": "np.tanh({0})", "sigmoid": "(T(0.5) * np.tanh(T(0.5) * {0}) + T(0.5))", "abs": "abs({0})",
+              "exp": "vexp({0})", "log": "np.log({0})", "log1p": "np.log1p({0})", "sqrt": "np.sqrt({0})",
+              "tanh": "np.tanh({0})", "sigmoid": "(T(1.0) / (T(1.0) + vexp(-{0})))", "abs": "abs({0})",
               "sign": "np.sign({0})", "where": "({1} if {0} else {2})"},
 }
 CONST_FORMAT = {"numpy": repr, "numexpr": repr, "cuda": lambda v: f"(T){v!r}", "numba": lambda v: f"T({v!r})"}

@@ -101,8 +101,9 @@ class NumexprKernel:
 
 
 def compile_fused(op, dtype):
-    """A kernel of three or more arithmetic operations as one compiled loop (numba_fused.py), others as
-    in-place NumPy ufunc sequences (ufunc_kernel.py; NumPy's SIMD exp and tanh measured fastest here).
+    """A kernel of arithmetic and exponentials (three operations or more, or any exp or sigmoid) as one
+    compiled loop (numba_fused.py), others as in-place NumPy ufunc sequences (ufunc_kernel.py; NumPy's
+    SIMD tanh and log measured faster than Numba's scalar calls).
     RGRAPH_FUSED=ufunc or =numexpr (read when a program's kernels are made) uses that kind for all."""
     kind = os.environ.get("RGRAPH_FUSED", "auto")
     if kind == "numexpr" and numexpr is not None:
