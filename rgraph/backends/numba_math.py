@@ -35,6 +35,7 @@ _HI32, _LO32 = np.float32(88.72283905206835), np.float32(-103.97207708)
 # float64 constants (Cephes exp's split of ln 2; Taylor coefficients 1/k!)
 _LOG2E64, _C1_64, _C2_64 = 1.4426950408889634, 6.93145751953125e-1, 1.42860682030941723212e-6
 _HI64, _LO64 = 709.782712893384, -745.1332191019412
+_INV_FACTORIALS = tuple(1.0 / float(np.prod(np.arange(1, k + 1, dtype=np.float64))) for k in range(13))
 
 
 @njit(inline="always")
@@ -70,16 +71,14 @@ def exp64(x):
     xc = min(max(x, _LO64), _HI64)
     n = np.floor(xc * _LOG2E64 + 0.5)
     r = xc - n * _C1_64 - n * _C2_64
-    p = 1.0 / 6227020800.0
-    for k in range(12, -1, -1):  # Horner from 1/13! down to 1/0! (unrolled by LLVM)
+    p = 1.0 / 6227020800.0       # 1/13!
+    for k in range(12, -1, -1):  # Horner down to 1/0! (unrolled by LLVM)
         p = p * r + _INV_FACTORIALS[k]
     y = _scale64(p, n)
     y = np.inf if x > _HI64 else y
     y = 0.0 if x < _LO64 else y
     return x if x != x else y
 
-
-_INV_FACTORIALS = tuple(1.0 / float(np.prod(np.arange(1, k + 1, dtype=np.float64))) for k in range(13))
 
 
 def exp_for(dtype):
