@@ -32,6 +32,10 @@ also names the axes it moves entries along (``selection_axes``): a value b const
 through, gather(x + b) = gather(x) + b, and a sum over them sees through a scatter, sum(scatter(a)) =
 sum(a). See rgraph/compiler/selections.py.
 
+Sums: ``merge_sum(x, y)`` may return one node computing x + y for two per-call results of the op that
+nothing else reads (MatMul: one GEMM over joined operands, or one accumulating into x); the compiler's
+merge stage asks it. See rgraph/compiler/merge.py.
+
 Attributes: an attribute ``shape`` may hold None (the batch size) and an attribute ``dtype`` may be
 FLOAT (the compute dtype); both are made concrete when a program is specialised to a batch.
 """
@@ -82,7 +86,8 @@ class Op:
     ``per_sample`` (every input and the output have the batch on axis 0 and sample n of the output
     depends only on sample n of the inputs, so the batch may be split into chunks). ``out_order``: the
     memory order of the output's axes when the kernel allocates it (None: C order; (0, 2, 3, 1) lays
-    an NCHW result out as NHWC, the order of GEMM rows over pixels)."""
+    an NCHW result out as NHWC, the order of GEMM rows over pixels). ``overwrites``: inputs whose
+    buffer the kernel may write its result over (it reads each element before writing it there)."""
 
     name: str = None
     linear_in: tuple = ()
