@@ -42,15 +42,19 @@ def worth_a_loop(exprs) -> bool:
     operations = _postorder(exprs)
     if not all(n.op in ARITHMETIC or n.op in EXPONENTIAL for n in operations):
         return False
-    return len(operations) >= 3 or any(n.op in EXPONENTIAL for n in operations)
+    return len(operations) >= 3 or has_exponential(exprs)
+
+
+def has_exponential(exprs) -> bool:
+    from ..compiler.fuse import _postorder
+    return any(n.op in EXPONENTIAL for n in _postorder(exprs))
 
 
 class NumbaKernel:
     def __init__(self, op, dtype):
         self.op, self.dtype = op, np.dtype(dtype)
         self.fallback = UfuncKernel(op, dtype)
-        from ..compiler.fuse import _postorder
-        self.threaded = THREADED_EXP if any(n.op in EXPONENTIAL for n in _postorder(op.exprs)) else THREADED
+        self.threaded = THREADED_EXP if has_exponential(op.exprs) else THREADED
         self.source = self.fallback.source
 
     def __call__(self, xp, *arrays, shape=None, out=None):

@@ -27,58 +27,42 @@ def _bits_as_float(typingctx, bits):
     return target(bits), codegen
 
 
-# float32 constants (Cephes expf)
-_LOG2E32, _C1_32, _C2_32 = np.float32(1.44269504088896341), np.float32(0.693359375), np.float32(-2.12194440e-4)
-_P32 = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
-                                     1.6666665459e-1, 5.0000001201e-1))
-_HI32, _LO32 = np.float32(88.72283905206835), np.float32(-103.97207708)
-# float64 constants (Cephes exp's split of ln 2; Taylor coefficients 1/k!)
-_LOG2E64, _C1_64, _C2_64 = 1.4426950408889634, 6.93145751953125e-1, 1.42860682030941723212e-6
-_HI64, _LO64 = 709.782712893384, -745.1332191019412
-_INV_FACTORIALS = tuple(1.0 / float(np.prod(np.arange(1, k + 1, dtype=np.float64))) for k in range(13))
+def _make_exp(F, I, bias, mantissa, log2e, ln2_hi, ln2_lo, coefficients, hi, lo):
+    """exp for float type F whose bits are integer type I (exponent ``bias``, ``mantissa`` bits);
+    ``coefficients`` of exp(r) for Horner, highest power first; [lo, hi] the finite, nonzero range."""
+    log2e, ln2_hi, ln2_lo, hi, lo = F(log2e), F(ln2_hi), F(ln2_lo), F(hi), F(lo)
+    coefficients = tuple(F(c) for c in coefficients)
+    one, half, inf, zero = F(1.0), F(0.5), F(np.inf), F(0.0)
+
+    @njit(inline="always")
+    def times_power_of_two(y, n):  # y 2^n, by two factors within the normal exponents, y applied first
+        a = I(n) >> I(1)
+        b = I(n) - a
+        return y * _bits_as_float(I((a + I(bias)) << I(mantissa))) * _bits_as_float(I((b + I(bias)) << I(mantissa)))
+
+    @njit(inline="always")
+    def exp(x):
+        xc = min(max(x, lo), hi)
+        n = np.floor(xc * log2e + half)
+        r = xc - n * ln2_hi - n * ln2_lo
+        p = zero
+        for c in coefficients:  # a constant tuple: LLVM unrolls the Horner steps
+            p = p * r + c
+        y = times_power_of_two(p, n)
+        y = inf if x > hi else y
+        y = zero if x < lo else y
+        return x if x != x else y
+    return exp
 
 
-@njit(inline="always")
-def _scale32(y, n):
-    half = np.int32(n) >> np.int32(1)
-    rest = np.int32(n) - half
-    return y * _bits_as_float(np.int32((half + np.int32(127)) << np.int32(23))) \
-        * _bits_as_float(np.int32((rest + np.int32(127)) << np.int32(23)))
-
-
-@njit(inline="always")
-def exp32(x):
-    xc = min(max(x, _LO32), _HI32)
-    n = np.floor(xc * _LOG2E32 + np.float32(0.5))
-    r = xc - n * _C1_32 - n * _C2_32
-    p = ((((_P32[0] * r + _P32[1]) * r + _P32[2]) * r + _P32[3]) * r + _P32[4]) * r + _P32[5]
-    y = _scale32(p * r * r + r + np.float32(1.0), n)
-    y = np.float32(np.inf) if x > _HI32 else y
-    y = np.float32(0.0) if x < _LO32 else y
-    return x if x != x else y
-
-
-@njit(inline="always")
-def _scale64(y, n):
-    half = np.int64(n) >> np.int64(1)
-    rest = np.int64(n) - half
-    return y * _bits_as_float(np.int64((half + np.int64(1023)) << np.int64(52))) \
-        * _bits_as_float(np.int64((rest + np.int64(1023)) << np.int64(52)))
-
-
-@njit(inline="always")
-def exp64(x):
-    xc = min(max(x, _LO64), _HI64)
-    n = np.floor(xc * _LOG2E64 + 0.5)
-    r = xc - n * _C1_64 - n * _C2_64
-    p = 1.0 / 6227020800.0       # 1/13!
-    for k in range(12, -1, -1):  # Horner down to 1/0! (unrolled by LLVM)
-        p = p * r + _INV_FACTORIALS[k]
-    y = _scale64(p, n)
-    y = np.inf if x > _HI64 else y
-    y = 0.0 if x < _LO64 else y
-    return x if x != x else y
-
+# float32: Cephes expf (ln 2 split, minimax p with exp(r) = 1 + r + r^2 p(r))
+exp32 = _make_exp(np.float32, np.int32, 127, 23, 1.44269504088896341, 0.693359375, -2.12194440e-4,
+                  (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+                   5.0000001201e-1, 1.0, 1.0), 88.72283905206835, -103.97207708)
+# float64: Cephes exp's split of ln 2; Taylor coefficients 1/13! ... 1/0!
+exp64 = _make_exp(np.float64, np.int64, 1023, 52, 1.4426950408889634, 6.93145751953125e-1,
+                  1.42860682030941723212e-6, tuple(1.0 / np.prod(np.arange(1.0, k + 1)) for k in range(13, -1, -1)),
+                  709.782712893384, -745.1332191019412)
 
 
 def exp_for(dtype):

@@ -15,6 +15,7 @@ from ..op import empty
 
 from . import OUT_KERNELS, Backend, gemm_operands
 from .blas import gemm_acc
+from .numba_fused import _data
 from .ufunc_kernel import UfuncKernel
 
 try:
@@ -165,19 +166,15 @@ def _allocate(op, arrays, attrs):
 def matmul_add_blas(xp, c, a, b, transpose_a=False, transpose_b=False, out=None):
     """c + op(a) op(b) as one GEMM accumulating into the result (blas.gemm_acc) after c is copied there,
     unless the result is c's own buffer (the planner lets it overwrite a dying accumulator)."""
-    A, B, rows = gemm_operands(a, b, transpose_a, transpose_b)
+    A, B, _ = gemm_operands(a, b, transpose_a, transpose_b)
     if out is None:
         out = np.array(c, order="K")
-    elif not _same_array(out, c):
+    elif not (_data(out) == _data(c) and out.strides == c.strides):  # not the accumulator's own buffer
         np.copyto(out, c)
     matrix = _matrix_view(out, A.shape[0], B.shape[1])
     if matrix is None or not gemm_acc(A, B, matrix):
         out += np.matmul(A, B).reshape(out.shape)
     return out
-
-
-def _same_array(x, y):
-    return x.__array_interface__["data"][0] == y.__array_interface__["data"][0] and x.strides == y.strides
 
 
 def _matrix_view(x, m, n):
