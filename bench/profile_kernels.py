@@ -3,8 +3,8 @@
     python bench/profile_kernels.py [--workload vgg-mini] [--entry gv] [--calls 5] [--top 12]
 
 Times every instruction of the entry's calls in steady state (vector-stage buffers planned; for loss
-and grad, fresh binds, as a training step does) and prints the time per op kind and the slowest
-instructions. The workloads are those of bench/products.py.
+and grad, binds into a released state's arrays, as in a training loop) and prints the time per op
+kind and the slowest instructions. The workloads are those of bench/products.py.
 """
 from __future__ import annotations
 
@@ -35,12 +35,13 @@ def profile(prog, theta, batch, entry, calls):
     call()
     spent = collections.defaultdict(float)
 
-    def timed_run(instrs, vals, n, skip_done=False):
+    def timed_run(instrs, vals, n, skip_done=False, spare=None):
         for kernel, ins, out_slot, node in instrs:
             if skip_done and vals[out_slot] is not None:
                 continue
+            buffers = spare.pop(node, None) if spare else None
             t = time.perf_counter()
-            vals[out_slot] = kernel(*[vals[i] for i in ins])
+            vals[out_slot] = kernel(*[vals[i] for i in ins], **({} if buffers is None else {"out": buffers}))
             spent[(node.op.name, node.label, str(node.shape))] += time.perf_counter() - t
     plain, program._run = program._run, timed_run
     try:

@@ -65,3 +65,96 @@ def test_cost_peak_reflects_the_buffer_plan():
         resident = {i for node in prog._plans[entry][1] for i in node.inputs} - set(prog._plans[entry][1])
         assert peak >= pool + sum(8 * np.prod([32 if d is None else d for d in r.shape]) for r in resident
                                   if r.dtype == "float")
+
+
+# --- binds reuse a released state's arrays -------------------------------------------------------------
+
+def _recycling_nets():
+    return {"mlp": rg.nn.mlp([12, 16, 16, 5], activation="swish", l2=1e-3),
+            "cnn": rg.nn.Sequential([rg.nn.Conv2d(3, 3, padding=1), rg.nn.Activation("swish"), rg.nn.MaxPool2d(2),
+                                     rg.nn.Flatten(), rg.nn.Dense(4)], (2, 6, 6), 4, l2=1e-3)}
+
+
+def _everything(st, v, u):
+    return [np.asarray(st.loss), st.grad.copy(), st.output.copy(), st.jv(v), st.jtu(u), st.gv(v), st.hv(v)]
+
+
+def _assert_same(got, expected):
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def _addresses(st):
+    """The data address of every cached array of a state (ints: holding them keeps nothing alive)."""
+    return {node: a.ctypes.data for node, a in zip(st.prog._nodes, st._vals) if isinstance(a, np.ndarray)}
+
+
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+def test_a_dropped_states_arrays_serve_the_next_bind_with_the_same_results(net):
+    g = _recycling_nets()[net]
+    fresh = rg.compile(g)   # the reference never recycles: each of its states stays alive
+    prog = rg.compile(g)
+    rng = np.random.default_rng(0)
+    thetas = [prog.init_params(seed=s) for s in range(3)]
+    batches = [batch_for(g, 8, seed=s) for s in range(3)]
+    v, u = rng.standard_normal(prog.size), rng.standard_normal((8, g.z.shape[1]))
+    expected = [_everything(fresh.bind(t, b), v, u) for t, b in zip(thetas, batches)]
+    st = prog.bind(thetas[0], batches[0])
+    _assert_same(_everything(st, v, u), expected[0])
+    before = _addresses(st)
+    del st
+    assert len(prog._spare) == 1
+    st = prog.bind(thetas[1], batches[1])
+    _assert_same(_everything(st, v, u), expected[1])
+    reused = [node for node, address in _addresses(st).items() if before.get(node) == address]
+    assert len(reused) >= len(prog._refillable) // 2, (len(reused), len(prog._refillable))
+    assert any(node.op.kind == "gemm" for node in reused) and any(node.op.kind == "fused" for node in reused)
+    # two states alive at once (a step's state and its trial point) never share an array
+    trial = prog.bind(thetas[2], batches[2])
+    _assert_same(_everything(trial, v, u), expected[2])
+    _assert_same(_everything(st, v, u), expected[1])
+
+
+def test_arrays_still_held_are_never_reused():
+    g = _recycling_nets()["mlp"]
+    prog = rg.compile(g)
+    batch = batch_for(g, 8)
+    st = prog.bind(prog.init_params(seed=0), batch)
+    output, taps = st.output, st.taps(np.ones(st.output.shape))
+    held = {name: (a, a.copy()) for name, (a, _) in taps.items()}
+    output_then = output.copy()
+    del st, taps
+    for seed in (1, 2, 3):
+        other = prog.bind(prog.init_params(seed=seed), batch)
+        other.grad
+        del other
+    np.testing.assert_array_equal(output, output_then)
+    for a, then in held.values():
+        np.testing.assert_array_equal(a, then)
+
+
+def test_a_released_state_says_so():
+    g = _recycling_nets()["mlp"]
+    prog = rg.compile(g)
+    st = prog.bind(prog.init_params(), batch_for(g, 4))
+    st.loss
+    st.release()
+    st.release()  # twice is harmless
+    for use in (lambda: st.loss, lambda: st.grad, lambda: st.output, lambda: st.gv(np.ones(prog.size))):
+        with pytest.raises(rg.BindError, match="released"):
+            use()
+
+
+def test_a_steady_state_bind_allocates_no_activation():
+    N, width = 1024, 64
+    g = rg.nn.mlp([30, width, width, 10], activation="swish", l2=1e-3)
+    prog = rg.compile(g)
+    theta, batch = prog.init_params(seed=1), batch_for(g, N)
+    first = prog.bind(theta, batch).loss
+    prog.bind(theta, batch).loss
+    tracemalloc.start()
+    loss = prog.bind(theta, batch).loss
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert loss == first
+    assert peak < N * width * 8 // 2, peak

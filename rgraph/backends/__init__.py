@@ -15,10 +15,11 @@ class Backend:
     """``xp`` is the array namespace (NumPy or CuPy); ``kernels`` maps op names to faster kernels with the
     op's ``forward`` signature; ``out_kernels`` those that also write into ``out=``; ``fused(op, dtype)``
     compiles a fused elementwise kernel; ``per_sample(op, kernel)`` wraps the kernels of per-sample ops.
-    Everything else runs the op's own kernel against ``xp``."""
+    Everything else runs the op's own kernel against ``xp``. ``recycles``: whether a program hands a
+    released state's arrays to the next bind (NumPy; CuPy's memory pool already reuses device memory)."""
 
-    def __init__(self, name, xp, kernels=None, out_kernels=None, fused=None, per_sample=None):
-        self.name, self.xp, self.kernels = name, xp, dict(kernels or {})
+    def __init__(self, name, xp, kernels=None, out_kernels=None, fused=None, per_sample=None, recycles=False):
+        self.name, self.xp, self.kernels, self.recycles = name, xp, dict(kernels or {}), recycles
         self.out_kernels = dict(out_kernels or {})
         self._fused_compiler, self._per_sample = fused, per_sample
         self._fused_cache = {}

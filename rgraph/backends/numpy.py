@@ -139,8 +139,9 @@ def split_batch(op, kernel):
     slice of one output array. Into a given ``out=`` (the vector stage's planned buffers) it runs in one
     call: there it follows GEMMs whose OpenBLAS worker threads spin on the cores for a while after
     returning, and VGG-mini's im2col, col2im and pooling kernels took 33-38 ms per Gv call in threads
-    against 28 in one call (per-kernel profile; interleaved, Gv 1.07x and Hv 1.09x faster in one call),
-    while binds, whose kernels fill fresh pages, ran up to 1.08x faster in threads (VGG11)."""
+    against 28 in one call (per-kernel profile; interleaved, Gv 1.07x and Hv 1.09x faster in one call).
+    Binds writing into a released state's arrays run in one call too (threads measured no faster
+    there); only a bind that allocates fresh pages, whose faults the threads take in parallel, splits."""
     def run(xp, *arrays, out=None, **attrs):
         n = arrays[0].shape[0]
         if out is not None:
@@ -192,4 +193,4 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; without it the ops' own kernels run
     NUMBA_KERNELS = {}
 BACKEND = Backend("numpy", np, out_kernels={**OUT_KERNELS, **NUMBA_KERNELS, "matmul_add": matmul_add_blas},
-                  fused=compile_fused, per_sample=split_batch)
+                  fused=compile_fused, per_sample=split_batch, recycles=True)
