@@ -47,7 +47,6 @@ class Program:
         self._plans = dict(module.plans) if module.plans else {
             e: ([n for n in module.nodes([e]) if not n.is_leaf and n not in module.vector],
                 [n for n in module.nodes([e]) if not n.is_leaf and n in module.vector]) for e in ENTRIES}
-        self._scratch = None
         self._lowered = {}
         self._spare = []   # [(batch size, {node: out buffers})]: released states' batch-stage arrays
         self._refillable = None
@@ -439,6 +438,8 @@ class State:
         prog._learn_orders(entry, self.batch_size, self._vals)
 
     def _flat(self, entry, l2, base, out=None):
+        """The entry's parameter-shaped outputs as one flat vector, plus ``l2 * base`` when both are given
+        (one parameter at a time, so the two passes over each part run in cache)."""
         prog = self.prog
         if out is None:
             out = prog.xp.empty(prog.size, dtype=prog.dtype)
@@ -446,14 +447,14 @@ class State:
             prog._check_flat(out, "out")
         for p, node in zip(prog.params, prog.module.entries[entry], strict=True):
             off, shape = prog.layout[p.name]
-            part = out[off:off + int(np.prod(shape, dtype=np.int64))]
-            if node is None:
+            size = int(np.prod(shape, dtype=np.int64))
+            part, value = out[off:off + size].reshape(shape), self._value(node)
+            if l2 and base is not None:
+                prog.xp.multiply(base[off:off + size].reshape(shape), l2, out=part)
+                if value is not None:
+                    part += value
+            elif value is None:
                 part[...] = 0
             else:
-                part[...] = self._value(node).reshape(-1)
-        if l2 and base is not None:
-            if prog._scratch is None:
-                prog._scratch = prog.xp.empty(prog.size, dtype=prog.dtype)
-            prog.xp.multiply(base, l2, out=prog._scratch)
-            out += prog._scratch
+                part[...] = value
         return out
