@@ -136,7 +136,7 @@ class Program:
 
     # --- recycling a released state's memory ------------------------------------------------------
 
-    SPARE_SETS = 2  # a step holds one state and binds a trial point beside it
+    SPARE_SETS = 3  # a step's state, its curvature subsample's and a trial point's
 
     def _take_spare(self, n):
         for i in range(len(self._spare) - 1, -1, -1):
