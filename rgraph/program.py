@@ -418,7 +418,8 @@ class State:
         return result
 
     def _call(self, entry, seed):
-        prog, _ = self.prog, self._live()
+        self._live()
+        prog = self.prog
         if SEEDED[entry] == "v":
             prog._check_flat(seed, "v")
             for t, p in prog._tangent_of.items():

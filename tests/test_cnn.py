@@ -113,22 +113,23 @@ def test_max_pooling_propagates_nan_like_numpy_argmax():
     assert np.isnan(out).all()
 
 
+@pytest.mark.parametrize("channels", [3, 9])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("memory", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("kernel, stride, padding", POOL_CASES + [((2, 3), (2, 3), ((0, 1), (0, 0))), (3, 1, 1)])
 def test_numpy_backend_pool_and_patch_kernels_match_the_reference_kernels(kernel, stride, padding, memory, dtype,
-                                                                          monkeypatch):
+                                                                          channels, monkeypatch):
     """The NumPy backend's Numba pooling and patch kernels, batch-chunked and threaded where they
     allocate (forced to one-sample chunks here) and in one call into out=, give the ops' own kernels'
     results, on inputs in either memory order and either float width (the pooling kernels select on the
-    floats' bits)."""
+    floats' bits), with few channels (im2col's NumPy window copy) and more (its compiled loop)."""
     from rgraph.backends import numpy as nb
     from rgraph.ops.conv import pair, padding_pairs
     monkeypatch.setattr(nb, "CHUNK_BYTES", 1)
     monkeypatch.setattr(nb, "MIN_SPLIT_BYTES", 0)
     geo = dict(kernel=pair(kernel, "k"), stride=pair(kernel if stride is None else stride, "s"),
                padding=padding_pairs(padding))
-    x = rng.integers(0, 3, (5, 3, 7, 6)).astype(dtype)   # ties: the first maximum must win
+    x = rng.integers(0, 3, (5, channels, 7, 6)).astype(dtype)   # ties: the first maximum must win
     if memory == "NHWC":
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     be = nb.BACKEND

