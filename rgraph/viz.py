@@ -252,134 +252,153 @@ def to_dot(obj, entry=None, *, collapse=False, group=True, edge_shapes=None, tit
 
     ``entry``: a pass name (forward, grad, jv, jtu, gv, hv) or any entry of the module (loss, output,
     taps); default hv. ``collapse``: True folds elementwise and shape-op chains into single boxes;
-    "layers" draws one box per layer, pass tag and stage (a VGG's hv pass in a few dozen boxes). ``group``: cluster a layer's nodes by parameter-name prefix. ``edge_shapes``: shapes on
-    edges (default: up to ``LARGE`` nodes; beyond, shapes go into node labels and the layout effort
-    is bounded). ``legend``: the tag and leaf legend.
+    "layers" draws one box per layer, pass tag and stage (a VGG's hv pass in a few dozen boxes).
+    ``group``: cluster a layer's nodes by parameter-name prefix. ``edge_shapes``: shapes on edges
+    (default: up to ``LARGE`` nodes; beyond, shapes go into node labels and the layout effort is
+    bounded). ``legend``: the tag and leaf legend.
     """
     import graphviz
-    view = _View(obj, entry)
-    nodes = view.nodes
-    index = {n: k for k, n in enumerate(nodes)}
     if collapse not in (False, True, "layers"):
         raise ValueError(f"collapse must be False, True or 'layers', got {collapse!r}")
-    layers = layer_of(nodes) if (group or collapse == "layers") else {}
-    if collapse == "layers":
-        head = layer_groups(view, layers)
-    elif collapse:
-        head = collapse_groups(view)
-    else:
-        head = {n: n for n in nodes if not n.is_leaf}
-    chains = {}
-    for n in nodes:
-        if n in head:
-            chains.setdefault(head[n], []).append(n)
-    boxes = [n for n in nodes if n.is_leaf or head.get(n) is n]
-    large = len(boxes) > LARGE
-    edge_shapes = (not large) if edge_shapes is None else edge_shapes
+    drawing = _Drawing(_View(obj, entry), collapse, group, edge_shapes)
+    view = drawing.view
     name = title or f"{view.name} {view.entry}"
     dot = graphviz.Digraph(
         name=_ident(name),
         graph_attr={"rankdir": "TB", "label": name, "labelloc": "t", "fontname": "Helvetica", "fontsize": "14",
-                    "newrank": "true", **({"nslimit": "2", "mclimit": "0.5"} if large else {})},
+                    "newrank": "true", **({"nslimit": "2", "mclimit": "0.5"} if drawing.large else {})},
         node_attr={"fontname": "Helvetica", "fontsize": "10"},
         edge_attr={"fontname": "Helvetica", "fontsize": "8", "color": "#888888", "arrowsize": "0.6"})
+    drawing.stages(dot)
+    for n in view.nodes:
+        if n.is_leaf:
+            drawing.node(dot, n)
+    drawing.edges(dot)
+    if legend:
+        _legend(dot, view.nodes)
+    return dot
 
-    def nid(n):
-        return f"n{index[head.get(n, n)]}"
 
-    outputs = set(view.outputs)
+class _Drawing:
+    """One drawing of a view: which box each node goes in (``head``: a box's first node; ``chains``: the
+    nodes it holds), and the methods that add boxes, kernel clusters, layer clusters and edges."""
 
-    def add_node(g, n):
-        kind = leaf_kind(n)
-        if kind is not None:
-            label = _const_text(n) if kind == "const" else n.name
-            if not edge_shapes and kind != "const":
-                label += f"\\n{fmt_shape(n.shape)}"
-            g.node(nid(n), label, tooltip=f"{n.name or 'constant'}: {n.type} ({LEAF_NAMES[kind]})", **LEAF_STYLES[kind])
-            return
-        members = chains[n]
-        colour = TAG_COLOURS.get(n.tag, "#999999")
-        if len(members) == 1:
-            label = n.op.name
-        elif collapse == "layers":
-            gemms = sum(getattr(m.op, "kind", None) == "gemm" for m in members)
-            label = f"{layers.get(n, '')} {n.tag}\\n{len(members)} ops" + (f", {gemms} GEMMs" if gemms else "")
+    def __init__(self, view, collapse, group, edge_shapes):
+        self.view, self.collapse = view, collapse
+        nodes = view.nodes
+        self.index = {n: k for k, n in enumerate(nodes)}
+        self.layers = layer_of(nodes) if (group or collapse == "layers") else {}
+        if collapse == "layers":
+            self.head = layer_groups(view, self.layers)
+        elif collapse:
+            self.head = collapse_groups(view)
         else:
-            label = " > ".join(m.op.name for m in members[:4]) + (" > ..." if len(members) > 4 else "") \
-                + f"\\n({len(members)} ops)"
-        last = members[-1]
-        if not edge_shapes:
-            label += f"\\n{fmt_shape(last.shape)}"
-        attrs = {"shape": "box" if len(members) > 1 else "ellipse", "style": "filled,rounded" if len(members) > 1
-                 else "filled", "fillcolor": colour, "fontcolor": "white", "color": colour,
-                 "tooltip": f"{last.op.name}: {last.type} [{n.tag}]"}
-        if any(m in outputs for m in members):
-            attrs.update(peripheries="2", color="black")
-        g.node(nid(n), label, **attrs)
+            self.head = {n: n for n in nodes if not n.is_leaf}
+        self.chains = {}
+        for n in nodes:
+            if n in self.head:
+                self.chains.setdefault(self.head[n], []).append(n)
+        boxes = [n for n in nodes if n.is_leaf or self.head.get(n) is n]
+        self.large = len(boxes) > LARGE
+        self.edge_shapes = (not self.large) if edge_shapes is None else edge_shapes
+        self.outputs = set(view.outputs)
+        self.instrs = [n for n in boxes if not n.is_leaf]
+        self.picks = {}
+        for n in self.instrs:   # a multi-output kernel's "pick" nodes sit in the kernel's cluster
+            k = n.inputs[0] if n.inputs else None
+            if n.op.name == "pick" and k is not None and is_fused(k) and len(self.chains[n]) == 1 \
+                    and len(self.chains.get(k, ())) == 1:
+                self.picks.setdefault(k, []).append(n)
+        self.picked = {p for ps in self.picks.values() for p in ps}
 
-    def add_fused(g, n, picks):
-        with g.subgraph(name=f"cluster_kernel_{index[n]}") as k:
-            lines = [f"{n.op.name}"] + kernel_lines(n.op, EXPR_WIDTH)
-            k.attr(label="\\l".join(_escape(x) for x in lines) + "\\l", labeljust="l", style="rounded,filled",
-                   fillcolor="#F2F2F2", color="#999999", fontname="Courier", fontsize="8")
-            add_node(k, n)
-            for p in picks:
-                add_node(k, p)
+    def nid(self, n):
+        return f"n{self.index[self.head.get(n, n)]}"
 
-    instrs = [n for n in boxes if not n.is_leaf]
-    picks = {}
-    for n in instrs:   # a multi-output kernel's "pick" nodes sit in the kernel's cluster
-        k = n.inputs[0] if n.inputs else None
-        if n.op.name == "pick" and k is not None and is_fused(k) and len(chains[n]) == 1 and len(chains.get(k, ())) == 1:
-            picks.setdefault(n.inputs[0], []).append(n)
-    picked = {p for ps in picks.values() for p in ps}
-
-    def add_instrs(g, members, prefix):
-        by_layer = {}
-        for n in members:
-            by_layer.setdefault(layers.get(n), []).append(n)
-        for lay, ms in by_layer.items():
-            if lay is None:
-                _emit(g, ms)
-            else:
-                with g.subgraph(name=f"cluster_{prefix}_layer_{_ident(lay)}") as sub:
-                    sub.attr(label=lay, style="rounded", color="#CCCCCC", fontcolor="#666666", fontsize="10")
-                    _emit(sub, ms)
-
-    def _emit(g, ms):
-        for n in ms:
-            if n in picked:
-                continue
-            if is_fused(n) and len(chains[n]) == 1:
-                add_fused(g, n, picks.get(n, []))
-            else:
-                add_node(g, n)
-
-    if view.vector is None:
-        add_instrs(dot, instrs, "all")
-    else:
+    def stages(self, dot):
+        """The instructions, in a cluster per stage where the view has stages."""
+        if self.view.vector is None:
+            self.by_layer(dot, self.instrs, "all")
+            return
         for stage, caption in (("batch", "batch stage: once per bind"), ("vector", "vector stage: every call")):
-            members = [n for n in instrs if view.stage_of(n) == stage]
+            members = [n for n in self.instrs if self.view.stage_of(n) == stage]
             if members:
                 with dot.subgraph(name=f"cluster_{stage}") as sub:
                     sub.attr(label=caption, style="rounded,dashed", color="#777777", fontcolor="#444444",
                              fontsize="12")
-                    add_instrs(sub, members, stage)
-    for n in nodes:
-        if n.is_leaf:
-            add_node(dot, n)
-    edges = []
-    for n in nodes:
-        if n.is_leaf:
-            continue
-        for i in n.inputs:
-            a, b = nid(i), nid(n)
-            if a != b and (a, b) not in edges:
-                edges.append((a, b))
-                dot.edge(a, b, **({"label": fmt_shape(i.shape)} if edge_shapes else {}))
-    if legend:
-        _legend(dot, nodes)
-    return dot
+                    self.by_layer(sub, members, stage)
+
+    def by_layer(self, g, members, prefix):
+        by_layer = {}
+        for n in members:
+            by_layer.setdefault(self.layers.get(n), []).append(n)
+        for layer, ms in by_layer.items():
+            if layer is None:
+                self.boxes(g, ms)
+            else:
+                with g.subgraph(name=f"cluster_{prefix}_layer_{_ident(layer)}") as sub:
+                    sub.attr(label=layer, style="rounded", color="#CCCCCC", fontcolor="#666666", fontsize="10")
+                    self.boxes(sub, ms)
+
+    def boxes(self, g, members):
+        for n in members:
+            if n in self.picked:
+                continue
+            if is_fused(n) and len(self.chains[n]) == 1:
+                self.kernel(g, n)
+            else:
+                self.node(g, n)
+
+    def kernel(self, g, n):
+        """A fused kernel's node and its picks in a cluster labelled with the kernel's statements."""
+        with g.subgraph(name=f"cluster_kernel_{self.index[n]}") as k:
+            lines = [f"{n.op.name}"] + kernel_lines(n.op, EXPR_WIDTH)
+            k.attr(label="\\l".join(_escape(x) for x in lines) + "\\l", labeljust="l", style="rounded,filled",
+                   fillcolor="#F2F2F2", color="#999999", fontname="Courier", fontsize="8")
+            self.node(k, n)
+            for p in self.picks.get(n, []):
+                self.node(k, p)
+
+    def node(self, g, n):
+        kind = leaf_kind(n)
+        if kind is not None:
+            label = _const_text(n) if kind == "const" else n.name
+            if not self.edge_shapes and kind != "const":
+                label += f"\\n{fmt_shape(n.shape)}"
+            g.node(self.nid(n), label, tooltip=f"{n.name or 'constant'}: {n.type} ({LEAF_NAMES[kind]})",
+                   **LEAF_STYLES[kind])
+            return
+        members = self.chains[n]
+        colour = TAG_COLOURS.get(n.tag, "#999999")
+        last = members[-1]
+        label = self.label(n, members)
+        if not self.edge_shapes:
+            label += f"\\n{fmt_shape(last.shape)}"
+        attrs = {"shape": "box" if len(members) > 1 else "ellipse", "style": "filled,rounded" if len(members) > 1
+                 else "filled", "fillcolor": colour, "fontcolor": "white", "color": colour,
+                 "tooltip": f"{last.op.name}: {last.type} [{n.tag}]"}
+        if any(m in self.outputs for m in members):
+            attrs.update(peripheries="2", color="black")
+        g.node(self.nid(n), label, **attrs)
+
+    def label(self, n, members):
+        if len(members) == 1:
+            return n.op.name
+        if self.collapse == "layers":
+            gemms = sum(getattr(m.op, "kind", None) == "gemm" for m in members)
+            return f"{self.layers.get(n, '')} {n.tag}\\n{len(members)} ops" + (f", {gemms} GEMMs" if gemms else "")
+        return " > ".join(m.op.name for m in members[:4]) + (" > ..." if len(members) > 4 else "") \
+            + f"\\n({len(members)} ops)"
+
+    def edges(self, dot):
+        drawn = set()
+        for n in self.view.nodes:
+            if n.is_leaf:
+                continue
+            for i in n.inputs:
+                a, b = self.nid(i), self.nid(n)
+                if a != b and (a, b) not in drawn:
+                    drawn.add((a, b))
+                    dot.edge(a, b, **({"label": fmt_shape(i.shape)} if self.edge_shapes else {}))
 
 
 def _legend(dot, nodes):
