@@ -250,9 +250,25 @@ def subexpressions(e: Expr) -> set:
     return seen
 
 
-def operations(e: Expr) -> set:
-    """The nodes of ``e`` that compute something (neither variables nor constants)."""
-    return {n for n in subexpressions(e) if n.op not in ("var", "const")}
+def operations(exprs) -> list:
+    """The nodes of ``exprs`` (one Expr or several) that compute something (neither variables nor
+    constants), each once, arguments before their users. A list in a fixed order, not a set: a set of
+    expressions iterates in the order of their string hashes, which change from process to process,
+    and compiler stages walking it built differently numbered programs from run to run."""
+    seen, order = set(), []
+    for root in ([exprs] if isinstance(exprs, Expr) else exprs):
+        stack = [(root, False)]
+        while stack:
+            n, done = stack.pop()
+            if done:
+                order.append(n)
+                continue
+            if n in seen or n.op in ("var", "const"):
+                continue
+            seen.add(n)
+            stack.append((n, True))
+            stack.extend((a, False) for a in reversed(n.args))
+    return order
 
 
 def variables(e: Expr) -> set[str]:

@@ -38,16 +38,14 @@ def worth_a_loop(exprs) -> bool:
     arithmetic operations the ufunc calls make as few passes over memory as one loop does, and NumPy's
     broadcasting loops beat ours on short rows (measured on VGG-mini's jv and gv, 3-7% slower end to
     end with every arithmetic kernel compiled); an exponential alone already runs faster in the loop."""
-    from ..compiler.fuse import _postorder
-    operations = _postorder(exprs)
+    operations = ex.operations(exprs)
     if not all(n.op in ARITHMETIC or n.op in EXPONENTIAL for n in operations):
         return False
     return len(operations) >= 3 or has_exponential(exprs)
 
 
 def has_exponential(exprs) -> bool:
-    from ..compiler.fuse import _postorder
-    return any(n.op in EXPONENTIAL for n in _postorder(exprs))
+    return any(n.op in EXPONENTIAL for n in ex.operations(exprs))
 
 
 class NumbaKernel:

@@ -140,9 +140,9 @@ def _pool():
 
 
 def _postorder(exprs):
-    from ..compiler.fuse import _postorder as operations
+    """Every node of ``exprs``, leaves included, arguments before users."""
     seen, order = set(), []
-    for n in operations(exprs):
+    for n in ex.operations(exprs):
         for a in n.args:
             if a.op in ("var", "const") and a not in seen:
                 seen.add(a)

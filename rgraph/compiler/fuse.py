@@ -76,27 +76,6 @@ def _all_ops(e):
     return out
 
 
-def _postorder(exprs):
-    """Every operation node of ``exprs`` once, arguments before users (deterministic)."""
-    seen, order = set(), []
-
-    def visit(root):
-        stack = [(root, False)]
-        while stack:
-            n, done = stack.pop()
-            if done:
-                order.append(n)
-                continue
-            if n in seen or n.op in ("var", "const"):
-                continue
-            seen.add(n)
-            stack.append((n, True))
-            stack.extend((a, False) for a in reversed(n.args))
-    for e in exprs:
-        visit(e)
-    return order
-
-
 def statements(exprs, target, temps="shared", names=None):
     """The kernel body as ``[(name, text)]`` in evaluation order: temporaries ``t0, t1, ...`` and outputs
     ``out0, ...``; an output another output reads is computed first and read by name, never twice.
@@ -112,7 +91,7 @@ def statements(exprs, target, temps="shared", names=None):
     for k, e in enumerate(exprs):
         out_index.setdefault(e, k)
     body, done = [], set()
-    for n in _postorder(exprs):
+    for n in ex.operations(exprs):
         if n in out_index:
             k = out_index[n]
             body.append((f"out{k}", ex.render(n, target, names)))
@@ -157,7 +136,7 @@ class Fused(Op):
 
     def flops(self, shapes, attrs):
         (_, out) = shapes
-        return int(np.prod(out, dtype=np.int64)) * max(1, len(_postorder(self.exprs)))
+        return int(np.prod(out, dtype=np.int64)) * max(1, len(ex.operations(self.exprs)))
 
     def attrs_key(self, attrs):
         return ()
@@ -182,7 +161,7 @@ def numexpr_program(op):
     because numexpr evaluates float literals in float64 and would upcast a float32 kernel."""
     exprs = [expand(e, "numexpr") for e in op.exprs]
     names = {}
-    for n in _postorder(exprs):
+    for n in ex.operations(exprs):
         for a in n.args:
             if a.op == "const" and a not in names:
                 names[a] = f"c{len(names)}"
@@ -195,13 +174,13 @@ def numexpr_program(op):
 
 def _temp_nodes(exprs, temps):
     uses = {}
-    for n in _postorder(exprs):
+    for n in ex.operations(exprs):
         for a in n.args:
             uses[a] = uses.get(a, 0) + 1
     for e in exprs:
         uses[e] = uses.get(e, 0) + 1
     out = []
-    for n in _postorder(exprs):
+    for n in ex.operations(exprs):
         if temps == "calls" and n.op in CALLS and n not in exprs:
             out.append(n)
         elif uses.get(n, 0) >= 2 and n not in exprs and n.op not in ex.COMPARISONS:
