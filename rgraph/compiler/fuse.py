@@ -363,74 +363,90 @@ def groups(module: Module) -> list[list[Value]]:
 def fuse(module: Module) -> Module:
     """Replace each group of elementwise nodes by one ``Fused`` kernel node (and ``pick`` nodes)."""
     from .passes import stage
-    parts = groups(module)
-    group_of = {m: k for k, g in enumerate(parts) for m in g}
     nodes = module.nodes()
-    consumers = {n: [] for n in nodes}
-    for n in nodes:
-        for i in n.inputs:
-            consumers[i].append(n)
-    entry_outputs = set(module.outputs())
-    mapping, counter, built = {}, [0], set()
+    kernels = _KernelBuilder(module, groups(module), nodes)
     old_limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(old_limit, 20 * len(nodes) + 1000))
+    sys.setrecursionlimit(max(old_limit, 20 * len(nodes) + 1000))  # build recurses along the graph
+    try:
+        for n in nodes:
+            kernels.build(n)
+    finally:
+        sys.setrecursionlimit(old_limit)
+    module.replace(kernels.mapping)
+    module.kernels = kernels.count
+    return stage(module)
 
-    def build(node):
-        if node in mapping:
-            return mapping[node]
-        if node in group_of:
-            if group_of[node] not in built:
-                built.add(group_of[node])
-                build_group(parts[group_of[node]])
-            return mapping.get(node)  # None only for a member read inside its group alone
-        inputs = tuple(build(i) for i in node.inputs)
+
+class _KernelBuilder:
+    """Rebuilds a module's graph with each group of elementwise nodes as one kernel: ``mapping`` takes
+    an old node to its replacement (the kernel, a ``pick`` of it, or the node over rebuilt inputs)."""
+
+    def __init__(self, module, parts, nodes):
+        self.parts = parts
+        self.group_of = {m: k for k, g in enumerate(parts) for m in g}
+        self.consumers = {n: [] for n in nodes}
+        for n in nodes:
+            for i in n.inputs:
+                self.consumers[i].append(n)
+        self.entry_outputs = set(module.outputs())
+        self.mapping, self.built, self.count = {}, set(), 0
+
+    def build(self, node):
+        if node in self.mapping:
+            return self.mapping[node]
+        if node in self.group_of:
+            if self.group_of[node] not in self.built:
+                self.built.add(self.group_of[node])
+                self.kernel(self.parts[self.group_of[node]])
+            return self.mapping.get(node)  # None only for a member read inside its group alone
+        inputs = tuple(self.build(i) for i in node.inputs)
         if inputs == node.inputs:
-            mapping[node] = node
+            self.mapping[node] = node
         else:
             clone = Value(node.op, inputs, node.attrs, node.type, name=node.name)
             clone.tag = node.tag
-            mapping[node] = clone
-        return mapping[node]
+            self.mapping[node] = clone
+        return self.mapping[node]
 
-    def build_group(members):
+    def kernel(self, members):
+        """One Fused node for a group: its outputs are the members read outside it (or entry outputs)."""
         mset = set(members)
-        ext, composed = [], {}
-        def source(i):  # a broadcast feeding the kernel is done by the kernel's own indexing
-            while i.op.name == "broadcast_to" and i not in mset:
-                i = i.inputs[0]
-            return i
-        for m in members:
-            for i in m.inputs:
-                i = source(i) if i not in mset else i
-                if i not in mset and i not in ext:
-                    ext.append(i)
-        pname = {i: f"in{k}" for k, i in enumerate(ext)}
-        for m in members:
-            env = {p: composed[i] if i in mset else ex.var(pname[source(i)])
-                   for p, i in zip(m.op.params, m.inputs, strict=True)}
-            composed[m] = ex.substitute(m.op.expr, env)
-        outs = [m for m in members if m in entry_outputs or any(c not in mset for c in consumers[m])]
-        inputs = [build(i) for i in ext]
-        name = f"fused_{counter[0]}"
-        counter[0] += 1
+        ext, composed = _compose(members, mset)
+        outs = [m for m in members if m in self.entry_outputs or any(c not in mset for c in self.consumers[m])]
+        inputs = [self.build(i) for i in ext]
+        name = f"fused_{self.count}"
+        self.count += 1
         shape = outs[0].shape
         assert all(m.shape == shape for m in outs), "a kernel's outputs share one shape"
-        op = Fused(name, [composed[m] for m in outs], [pname[i] for i in ext], shape,
+        op = Fused(name, [composed[m] for m in outs], [f"in{k}" for k in range(len(ext))], shape,
                    [i.type for i in ext], [m.op.name for m in members])
         k = Value(op, inputs, {"shape": shape}, Type(shape, FLOAT))
         k.tag = outs[0].tag
         if len(outs) == 1:
-            mapping[outs[0]] = k
-        else:
-            for idx, m in enumerate(outs):
-                p = Value(PICK, (k,), {"index": idx, "shape": m.shape}, m.type)
-                p.tag = m.tag
-                mapping[m] = p
-    try:
-        for n in nodes:
-            build(n)
-    finally:
-        sys.setrecursionlimit(old_limit)
-    module.replace(mapping)
-    module.kernels = counter[0]
-    return stage(module)
+            self.mapping[outs[0]] = k
+            return
+        for idx, m in enumerate(outs):
+            p = Value(PICK, (k,), {"index": idx, "shape": m.shape}, m.type)
+            p.tag = m.tag
+            self.mapping[m] = p
+
+
+def _compose(members, mset):
+    """(the group's external inputs in first-read order, member -> its expression over them as in0,
+    in1, ...). A broadcast feeding the group is left to the kernel's own indexing: its source is read."""
+    def source(i):
+        while i.op.name == "broadcast_to" and i not in mset:
+            i = i.inputs[0]
+        return i
+    ext, composed = [], {}
+    for m in members:
+        for i in m.inputs:
+            i = source(i) if i not in mset else i
+            if i not in mset and i not in ext:
+                ext.append(i)
+    pname = {i: f"in{k}" for k, i in enumerate(ext)}
+    for m in members:
+        env = {p: composed[i] if i in mset else ex.var(pname[source(i)])
+               for p, i in zip(m.op.params, m.inputs, strict=True)}
+        composed[m] = ex.substitute(m.op.expr, env)
+    return ext, composed
