@@ -75,31 +75,14 @@ def plan_buffers(nodes, keep, n, dtype, in_place_ok, wants=lambda node: True, or
     that dies with it (a fused kernel with one output and no temporaries), else the positions of the
     inputs it may write over (Backend.in_place).
     """
-    def shape(v):
-        return tuple(n if d is None else d for d in v.shape)
-    key_of = lambda v, k=0: (shape(v), np.dtype(dtype).str, order_of(v, k))  # noqa: E731
+    def key_of(v, k=0):
+        return tuple(n if d is None else d for d in v.shape), np.dtype(dtype).str, order_of(v, k)
     picks = {}
     for node in nodes:
         if node.op.name == "pick":
             picks.setdefault(node.inputs[0], {})[node.attrs["index"]] = node
-    root, last = {}, {}
-    for k, node in enumerate(nodes):
-        for i in node.inputs:
-            last[root.get(i, i)] = k
-        if node.op.name in VIEW_OPS and node.op.name != "pick" and node.inputs:
-            root[node] = root.get(node.inputs[0], node.inputs[0])
-    for v in keep:
-        last[root.get(v, v)] = len(nodes)
-    free, buffers, buffer_of = {}, [], {}
-
-    def take(key):
-        if free.get(key):
-            return free[key].pop()
-        buffers.append(key)
-        return len(buffers) - 1
-
-    def give(b):
-        free.setdefault(buffers[b], []).append(b)
+    root, last = _liveness(nodes, keep)
+    pool, buffer_of = _Pool(), {}
     for k, node in enumerate(nodes):
         dying = {root.get(i, i) for i in node.inputs}
         dying = [r for r in sorted(dying, key=lambda v: v.id)
@@ -112,24 +95,56 @@ def plan_buffers(nodes, keep, n, dtype, in_place_ok, wants=lambda node: True, or
         elif node.op.kind == "fused" and len(node.op.exprs) > 1:
             outs = []
             for idx in range(len(node.op.exprs)):
-                b = take(key_of(node, idx))
+                b = pool.take(key_of(node, idx))
                 outs.append(b)
                 p = picks.get(node, {}).get(idx)
                 if p is not None and last.get(p) is not None:
                     buffer_of[p] = b
                 else:
-                    give(b)  # an output this entry never reads: scratch, free again at once
+                    pool.give(b)  # an output this entry never reads: scratch, free again at once
             buffer_of[node] = tuple(outs)
         else:
             over = in_place_ok(node)
             if over:  # the result may take the buffer of a dying input it overwrites
-                mine = dying if over is True else [r for r in dying if r in {root.get(node.inputs[i], node.inputs[i]) for i in over}]
+                overwritable = None if over is True else {root.get(node.inputs[i], node.inputs[i]) for i in over}
+                mine = [r for r in dying if overwritable is None or r in overwritable]
                 for r in mine:
-                    give(buffer_of[r])
+                    pool.give(buffer_of[r])
                 dying = [r for r in dying if r not in mine]
-            buffer_of[node] = take(key_of(node))
+            buffer_of[node] = pool.take(key_of(node))
             if last.get(node) is None:
-                give(buffer_of[node])
+                pool.give(buffer_of[node])
         for r in dying:
-            give(buffer_of[r])
-    return buffer_of, buffers
+            pool.give(buffer_of[r])
+    return buffer_of, pool.keys
+
+
+def _liveness(nodes, keep):
+    """(root, last): the node whose buffer each view aliases, and each buffer owner's last reader's
+    position in ``nodes`` (past the end for ``keep``, read after the stage)."""
+    root, last = {}, {}
+    for k, node in enumerate(nodes):
+        for i in node.inputs:
+            last[root.get(i, i)] = k
+        if node.op.name in VIEW_OPS and node.op.name != "pick" and node.inputs:
+            root[node] = root.get(node.inputs[0], node.inputs[0])
+    for v in keep:
+        last[root.get(v, v)] = len(nodes)
+    return root, last
+
+
+class _Pool:
+    """Buffer indices by key (shape, dtype, memory order): ``take`` a free one or a new one, ``give``
+    one back. ``keys[b]`` is buffer b's key."""
+
+    def __init__(self):
+        self.free, self.keys = {}, []
+
+    def take(self, key):
+        if self.free.get(key):
+            return self.free[key].pop()
+        self.keys.append(key)
+        return len(self.keys) - 1
+
+    def give(self, b):
+        self.free.setdefault(self.keys[b], []).append(b)
