@@ -293,3 +293,13 @@ def topo_order(outputs, stop=()) -> list[Value]:
         if v not in stop:
             stack.extend(v.inputs)
     return sorted(seen, key=lambda v: v.id)
+
+
+def consumers(nodes) -> dict:
+    """node -> the nodes of ``nodes`` that read it, in order, once per read (every node of ``nodes`` and
+    every input of one is a key)."""
+    readers = {n: [] for n in nodes}
+    for n in nodes:
+        for i in n.inputs:
+            readers.setdefault(i, []).append(n)
+    return readers

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 from .. import expr as ex
-from ..graph import FLOAT, Type, Value
+from ..graph import FLOAT, Type, Value, consumers
 from ..op import Op, broadcasts_to
 from .module import Module
 
@@ -286,49 +286,9 @@ def _fusable(node) -> bool:
 def groups(module: Module) -> list[list[Value]]:
     """Partition the fusable nodes into convex connected groups (deterministic: creation order)."""
     nodes = module.nodes()
-    need = entry_sets(module)
-    consumers = {n: [] for n in nodes}
-    for n in nodes:
-        for i in n.inputs:
-            consumers[i].append(n)
-    group_of = {}
-
-    def compatible(a, b):
-        """Same stage and shape; in the batch stage the same entries (so ``bind`` computes nothing only
-        ``grad`` or ``hv`` needs); in the vector stage one entry set may contain the other (a J v kernel
-        may carry the Gauss-Newton term gv adds to it: cheap per call, and it keeps one kernel between
-        two GEMMs) as long as the carried node reads nothing else the wider set's entries do not
-        already compute (Hv's pooled second-order term reads the gradient's cotangents: carried in the
-        R-forward kernel, it would put the backward pass into gv's batch stage)."""
-        return a.shape == b.shape and same_stage(a, b)
-
-    def same_stage(a, b):
-        if (a in module.vector) != (b in module.vector):
-            return False
-        if a in module.vector:
-            small, big = (a, b) if need[a] <= need[b] else (b, a)
-            return need[small] <= need[big] and all(need[i] >= need[big] for i in small.inputs if not _fusable(i))
-        return need[a] == need[b]
-
-    def convex(members):
-        """No path from a member through a non-member back to a member (bounded by creation order)."""
-        top = max(m.id for m in members)
-        stack = [c for m in members for c in consumers[m] if c not in members]
-        seen = set()
-        while stack:
-            x = stack.pop()
-            if x in seen or x.id > top:
-                continue
-            seen.add(x)
-            if x in members:
-                return False
-            for c in consumers[x]:
-                if c in members:
-                    return False
-                stack.append(c)
-        return True
+    rules = _Grouping(module, nodes)
     entry_outputs = set(module.outputs())
-    shape_of = {}
+    group_of, shape_of = {}, {}
     for n in nodes:
         if not _fusable(n):
             continue
@@ -339,14 +299,14 @@ def groups(module: Module) -> list[list[Value]]:
             g = group_of.get(i)
             if g is None or g is group:
                 continue
-            if shape_of[id(g)] == shape_of[id(group)] and all(compatible(m, n) for m in g):
+            if shape_of[id(g)] == shape_of[id(group)] and all(rules.compatible(m, n) for m in g):
                 merged = group | g
-            elif (len(g) == 1 and same_stage(i, n) and i not in entry_outputs and broadcasts_to(i.shape, n.shape)
-                  and all(c is n or c in group for c in consumers[i])):
+            elif (len(g) == 1 and rules.same_stage(i, n) and i not in entry_outputs
+                  and broadcasts_to(i.shape, n.shape) and all(c is n or c in group for c in rules.consumers[i])):
                 merged = group | g  # a small producer read only here: recomputed per element, inlined
             else:
                 continue
-            if convex(merged):
+            if rules.convex(merged):
                 for m in merged:
                     group_of[m] = merged
                 shape_of[id(merged)] = shape_of[id(group)]
@@ -358,6 +318,49 @@ def groups(module: Module) -> list[list[Value]]:
             seen.add(id(g))
             out.append(sorted(g, key=lambda v: v.id))
     return out
+
+
+class _Grouping:
+    """Which elementwise nodes may share a kernel."""
+
+    def __init__(self, module, nodes):
+        self.vector, self.need, self.consumers = module.vector, entry_sets(module), consumers(nodes)
+
+    def compatible(self, a, b):
+        """Same stage and shape; in the batch stage the same entries (so ``bind`` computes nothing only
+        ``grad`` or ``hv`` needs); in the vector stage one entry set may contain the other (a J v kernel
+        may carry the Gauss-Newton term gv adds to it: cheap per call, and it keeps one kernel between
+        two GEMMs) as long as the carried node reads nothing else the wider set's entries do not
+        already compute (Hv's pooled second-order term reads the gradient's cotangents: carried in the
+        R-forward kernel, it would put the backward pass into gv's batch stage)."""
+        return a.shape == b.shape and self.same_stage(a, b)
+
+    def same_stage(self, a, b):
+        need = self.need
+        if (a in self.vector) != (b in self.vector):
+            return False
+        if a in self.vector:
+            small, big = (a, b) if need[a] <= need[b] else (b, a)
+            return need[small] <= need[big] and all(need[i] >= need[big] for i in small.inputs if not _fusable(i))
+        return need[a] == need[b]
+
+    def convex(self, members):
+        """No path from a member through a non-member back to a member (bounded by creation order)."""
+        top = max(m.id for m in members)
+        stack = [c for m in members for c in self.consumers[m] if c not in members]
+        seen = set()
+        while stack:
+            x = stack.pop()
+            if x in seen or x.id > top:
+                continue
+            seen.add(x)
+            if x in members:
+                return False
+            for c in self.consumers[x]:
+                if c in members:
+                    return False
+                stack.append(c)
+        return True
 
 
 def fuse(module: Module) -> Module:
@@ -384,10 +387,7 @@ class _KernelBuilder:
     def __init__(self, module, parts, nodes):
         self.parts = parts
         self.group_of = {m: k for k, g in enumerate(parts) for m in g}
-        self.consumers = {n: [] for n in nodes}
-        for n in nodes:
-            for i in n.inputs:
-                self.consumers[i].append(n)
+        self.consumers = consumers(nodes)
         self.entry_outputs = set(module.outputs())
         self.mapping, self.built, self.count = {}, set(), 0
 
