@@ -137,75 +137,93 @@ def through_selections(module: Module) -> Module:
 
 
 def _rewrite_entry(module, name):
-    from ..ops import add, mul
-    vector, nodes = module.vector, module.nodes([name])
-    readers = collections.Counter(i for node in nodes for i in node.inputs)
-    readers.update(module.outputs([name]))
-    mapping, made = {}, _ExprNodes()
+    """old node -> its rewrite, over the nodes entry ``name`` needs."""
+    rewriter = _EntryRewriter(module, name)
+    for node in rewriter.nodes:
+        if not node.is_leaf:
+            rewriter.mapping[node] = rewriter.rewrite(node)
+    return rewriter.mapping
 
-    def sole(v):
-        return readers[v] == 1
 
-    def batch_node(v):
-        v.tag = "forward"
-        return v
+class _EntryRewriter:
+    """The rewrites of one entry's nodes, in creation order; ``mapping`` holds those made so far."""
 
-    def gather(sel, x):
+    def __init__(self, module, name):
+        self.vector, self.nodes = module.vector, module.nodes([name])
+        self.readers = collections.Counter(i for node in self.nodes for i in node.inputs)
+        self.readers.update(module.outputs([name]))
+        self.mapping, self.made = {}, _ExprNodes()
+
+    def sole(self, v):
+        return self.readers[v] == 1
+
+    def mapped(self, v):
+        return self.mapping.get(v, v)
+
+    def rewrite(self, node):
+        """The node's replacement (its inputs already rewritten): a shrinking gather pushed inward, a sum
+        of scatters made one scatter, a reduction seen through a scatter, or a plain clone."""
+        inputs = tuple(self.mapped(i) for i in node.inputs)
+        new = None
+        if node.op.selection == "gather" and _size(node.shape) < _size(node.inputs[0].shape):
+            new = self.gather(_clone(node, inputs), node.inputs[0])
+        elif node in self.vector and node.op.kind == "elementwise" and \
+                (terms := _scattered_terms(node, self.sole, self.vector)):
+            new = self.scatter_of_sum(node, terms)
+        elif node.op.name in SEE_THROUGH_SCATTER and getattr(inputs[0].op, "selection", None) == "scatter":
+            axes = inputs[0].op.selection_axes(inputs[0])
+            if axes is not None and SEE_THROUGH_SCATTER[node.op.name](node, axes):
+                new = _new(node.op, (inputs[0].inputs[0],) + inputs[1:], node.tag, node.attrs)
+        return new if new is not None else _clone(node, inputs)
+
+    def gather(self, sel, x):
         """sel (a gather, inputs mapped) applied to the original value x, pushed through x's sole-read
         products with v-independent factors and biases."""
-        if sole(x):
-            if (prod := _product(x, vector)) is not None:
+        from ..ops import add, mul
+        if self.sole(x):
+            if (prod := _product(x, self.vector)) is not None:
                 a, c = prod
-                return _new(mul, (gather(sel, a), batch_node(sel.op.select(sel, mapping.get(c, c)))), x.tag)
+                return _new(mul, (self.gather(sel, a), _batch_node(sel.op.select(sel, self.mapped(c)))), x.tag)
             axes = sel.op.selection_axes(sel)
             if axes is not None and (biased := _biased(x, axes)) is not None:
                 a, b = biased
-                return _new(add, (gather(sel, a), mapping.get(b, b)), x.tag)
-        return _clone(sel, (mapping.get(x, x),) + sel.inputs[1:])
+                return _new(add, (self.gather(sel, a), self.mapped(b)), x.tag)
+        return _clone(sel, (self.mapped(x),) + sel.inputs[1:])
 
-    def factor_node(factors, env, tag):
+    def factor_node(self, factors, env, tag):
         """The product of ``factors`` (expressions over ``env``) as a node; a bare variable is its input."""
         if len(factors) == 1 and factors[0].op == "var":
-            return mapping.get(env[factors[0].value], env[factors[0].value])
+            return self.mapped(env[factors[0].value])
         product = functools.reduce(lambda a, b: a * b, factors)
-        return made.make("selected", product, {p: mapping.get(v, v) for p, v in env.items()}, tag)
+        return self.made.make("selected", product, {p: self.mapped(v) for p, v in env.items()}, tag)
 
-    def scatter_of_sum(node, terms):
+    def scatter_of_sum(self, node, terms):
         """sum_k scatter(a_k) * r_k -> scatter(sum_k a_k * gather(r_k)): one scatter, the products at
         the pooled resolution, gather(r_k) split into its v-independent part (computed once per batch)
         and its per-call part (R{s}: the gather the R-forward pass already makes)."""
+        from ..ops import add, mul
         pooled = []
         for scattered, groups in terms:
-            scattered = mapping.get(scattered, scattered)
+            scattered = self.mapped(scattered)
             term = scattered.inputs[0]
             for factors, env in groups:
-                per_call = [f for f in factors if any(env[p] in vector for p in ex.variables(f))]
+                per_call = [f for f in factors if any(env[p] in self.vector for p in ex.variables(f))]
                 batch = [f for f in factors if f not in per_call and ex.variables(f)]
                 (batch or per_call).extend(f for f in factors if not ex.variables(f))  # constants ride along
                 for part, tag in ((batch, "forward"), (per_call, node.tag)):
                     if not part:
                         continue
-                    r = factor_node(part, env, tag)
+                    r = self.factor_node(part, env, tag)
                     if r.shape != scattered.shape:
                         return None
                     g = scattered.op.select(scattered, r)
-                    term = _new(mul, (term, g if part is per_call else batch_node(g)), node.tag)
+                    term = _new(mul, (term, g if part is per_call else _batch_node(g)), node.tag)
             pooled.append(term)
         total = functools.reduce(lambda a, b: _new(add, (a, b), node.tag), pooled)
         return _new(scattered.op, (total,) + scattered.inputs[1:], node.tag, scattered.attrs)
 
-    for node in nodes:
-        if node.is_leaf:
-            continue
-        inputs = tuple(mapping.get(i, i) for i in node.inputs)
-        new = None
-        if node.op.selection == "gather" and _size(node.shape) < _size(node.inputs[0].shape):
-            new = gather(_clone(node, inputs), node.inputs[0])
-        elif node in vector and node.op.kind == "elementwise" and (terms := _scattered_terms(node, sole, vector)):
-            new = scatter_of_sum(node, terms)
-        elif node.op.name in SEE_THROUGH_SCATTER and getattr(inputs[0].op, "selection", None) == "scatter":
-            axes = inputs[0].op.selection_axes(inputs[0])
-            if axes is not None and SEE_THROUGH_SCATTER[node.op.name](node, axes):
-                new = _new(node.op, (inputs[0].inputs[0],) + inputs[1:], node.tag, node.attrs)
-        mapping[node] = new if new is not None else _clone(node, inputs)
-    return mapping
+
+def _batch_node(v):
+    """v, tagged as batch-stage (forward) work."""
+    v.tag = "forward"
+    return v
