@@ -209,26 +209,7 @@ def hoist(module: Module) -> Module:
             return _clone(node, inputs)
         op = node.op
         env = dict(zip(op.params, inputs, strict=True))
-        batch_vars = {p for p, i in zip(op.params, node.inputs, strict=True) if i not in vector}
-        memo = {}
-
-        def batch_only(n):
-            if n not in memo:
-                memo[n] = (n.value in batch_vars) if n.op == "var" else all(batch_only(a) for a in n.args)
-            return memo[n]
-        repl, seen = {}, set()
-
-        def find(n):
-            if n in seen or n.op in ("var", "const"):
-                return
-            seen.add(n)
-            if batch_only(n) and ex.variables(n):
-                if _worth_caching(n):
-                    repl[n] = n
-                return
-            for a in n.args:
-                find(a)
-        find(op.expr)
+        repl = _cacheable(op.expr, {p for p, i in zip(op.params, node.inputs, strict=True) if i not in vector})
         if not repl:
             return _clone(node, inputs)
         for k, sub in enumerate(sorted(repl, key=lambda s: ex.render(s, "numpy"))):
@@ -249,6 +230,30 @@ def hoist(module: Module) -> Module:
         stage(module)
     _share_transcendentals(module, made)
     return stage(module)
+
+
+def _cacheable(expr, batch_vars):
+    """{subexpression: itself} for the outermost subexpressions of ``expr`` that read only ``batch_vars``
+    (variables bound to batch-stage values) and are worth caching (_worth_caching)."""
+    memo, repl, seen = {}, {}, set()
+
+    def batch_only(n):
+        if n not in memo:
+            memo[n] = (n.value in batch_vars) if n.op == "var" else all(batch_only(a) for a in n.args)
+        return memo[n]
+
+    def find(n):
+        if n in seen or n.op in ("var", "const"):
+            return
+        seen.add(n)
+        if batch_only(n) and ex.variables(n):
+            if _worth_caching(n):
+                repl[n] = n
+            return
+        for a in n.args:
+            find(a)
+    find(expr)
+    return repl
 
 
 def _share_transcendentals(module, made):
