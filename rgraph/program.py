@@ -166,7 +166,7 @@ class Program:
         each such node's number of outputs."""
         if self._refillable is None:
             self._refillable = [node for node in dict.fromkeys(n for e in ENTRIES for n in self._plans[e][0])
-                                if self.backend.writes_out(node.op) and node.op.name != "pick"]
+                                if self.backend.writes_out(node.op)]
         records, arity = [], {}
         for node in self._refillable:
             value = vals[self._slot[node]]
