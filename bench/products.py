@@ -1,6 +1,6 @@
-"""Time rgraph's products against JAX and PyTorch in one run (CPU, float32).
+"""Time rgraph's products against JAX and PyTorch in one run (float32; CPU, or a GPU with --backend cupy).
 
-    python bench/products.py [--repeats 7] [--workloads mlp,vgg-mini,vgg11]
+    python bench/products.py [--repeats 7] [--workloads mlp,vgg-mini,vgg11] [--backend numpy|cupy]
 
 For each workload (a table below; the CNN rows appear once ``rgraph.nn.vgg``/``ops.conv2d`` exist):
 forward+loss, gradient, jv, jtu, gv (its one-off batch stage and its per-call vector stage), hv, each the
@@ -11,6 +11,11 @@ so a drift in the load of a shared machine moves every column of a table alike. 
 floor: the time of just that product's matrix products, one NumPy GEMM each (the program compiled with
 ``merge=False``), run alone on the same operands. rgraph's merged GEMMs may take less than it. Peers are optional:
 a missing JAX or PyTorch is skipped. Nothing here is a dependency of rgraph.
+
+With ``--backend cupy`` everything runs on the GPU: rgraph on CuPy, JAX on its default (GPU) device and
+PyTorch on CUDA, all in full float32 (TF32 off: JAX's matmul precision "highest", cuDNN's allow_tf32
+False; CuPy's GEMMs use none); every timed call ends with a device synchronisation, and the peak is
+CuPy's float32 4096^3 GEMM.
 """
 from __future__ import annotations
 
@@ -24,11 +29,39 @@ CORES = os.cpu_count() or 1
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
     os.environ.setdefault(var, str(CORES))
 os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={CORES}")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # on a GPU, leave memory to CuPy and PyTorch too
 
 import numpy as np  # noqa: E402
 
 import rgraph as rg  # noqa: E402
 from rgraph.program import _run  # noqa: E402
+
+
+class Device:
+    """Where the benchmark runs: ``put`` moves a host array there, ``sync`` waits for its queued work
+    (every timed call ends with it), ``xp`` is rgraph's array module there."""
+
+    def __init__(self, backend):
+        self.backend, self.gpu = backend, backend == "cupy"
+        if self.gpu:
+            import cupy
+            self.xp, self.put, self.sync = cupy, cupy.asarray, cupy.cuda.Device().synchronize
+        else:
+            self.xp, self.put, self.sync = np, (lambda a: a), (lambda: None)
+
+    def timed(self, fn):
+        """``fn`` followed by a synchronisation (an ``Elapsed`` it returns is kept)."""
+        if not self.gpu:
+            return fn
+
+        def call():
+            out = fn()
+            self.sync()
+            return out
+        return call
+
+
+DEVICE = Device("numpy")
 
 
 def median_ms(fn, repeats, warmup=2):
@@ -46,6 +79,7 @@ def round_robin(cases, repeats, warmup=2):
 
 
 def _samples(cases, repeats, warmup):
+    cases = {key: DEVICE.timed(fn) for key, fn in cases.items()}
     for fn in cases.values():
         for _ in range(warmup):
             fn()
@@ -70,11 +104,12 @@ def in_blocks(blocks, repeats, rounds=2):
     return {key: 1e3 * statistics.median(ts) for key, ts in samples.items()}
 
 
-def gemm_peak(repeats):
-    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
-    out = np.empty_like(a)
-    ms = median_ms(lambda: np.matmul(a, a, out=out), repeats)
-    return 2 * 2048 ** 3 / (ms * 1e-3) / 1e9
+def gemm_peak(repeats, n=2048):
+    xp = DEVICE.xp
+    a = DEVICE.put(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32))
+    out = xp.empty_like(a)
+    ms = median_ms(lambda: xp.matmul(a, a, out=out), repeats)
+    return 2 * n ** 3 / (ms * 1e-3) / 1e9
 
 
 # --- workloads ----------------------------------------------------------------------------------------
@@ -117,14 +152,15 @@ def make_batch(g, n, rng):
 
 def bench_rgraph(w, batch):
     g = w["graph"]()
-    prog = rg.compile(g, dtype="float32")
+    prog = rg.compile(g, dtype="float32", backend=DEVICE.backend)
     theta = prog.init_params(seed=0)
-    n = w["batch"]
+    n, xp, put = w["batch"], DEVICE.xp, DEVICE.put
+    batch = {k: put(a) for k, a in batch.items()}
     rng = np.random.default_rng(1)
-    v = rng.standard_normal(prog.size).astype(np.float32)
+    v = put(rng.standard_normal(prog.size).astype(np.float32))
     st = prog.bind(theta, batch)
-    u = rng.standard_normal(st.output.shape).astype(np.float32)
-    flat, zout = np.empty(prog.size, np.float32), np.empty_like(st.output)
+    u = put(rng.standard_normal(st.output.shape).astype(np.float32))
+    flat, zout = xp.empty(prog.size, np.float32), xp.empty_like(st.output)
     rows, floors = {}, {}   # label -> (callable, entry, stage); label -> callable running just the GEMMs
 
     def fresh():
@@ -134,8 +170,10 @@ def bench_rgraph(w, batch):
 
     def batch_stage(entry):  # what the entry's batch stage adds to bind, timed on a fresh state
         s = fresh()
+        DEVICE.sync()
         t = time.perf_counter()
         s._batch(entry)
+        DEVICE.sync()
         return Elapsed(time.perf_counter() - t)
     for entry in ("gv", "hv"):
         rows[f"{entry} batch stage (once)"] = (lambda e=entry: batch_stage(e), entry, "batch-only")
@@ -143,7 +181,7 @@ def bench_rgraph(w, batch):
         rows[f"{entry} per call"] = (lambda f=getattr(st, entry), x=seed, o=out: f(x, out=o), entry, "vector")
     # GEMM floors: just the GEMM instructions of each product, one NumPy GEMM per matrix product (the
     # program compiled without merging GEMM sums), on that program's slots (all values computed)
-    plain = rg.compile(g, dtype="float32", merge=False)
+    plain = rg.compile(g, dtype="float32", merge=False, backend=DEVICE.backend)
     ps = plain.bind(theta, batch)
     ps.grad
     for entry in ("gv", "hv", "jv", "jtu"):
@@ -181,7 +219,10 @@ def bench_jax(w, batch, prog):
     except ImportError:
         return None
     jax.config.update("jax_enable_x64", False)
-    view = prog.view(prog.init_params(seed=0))
+    jax.config.update("jax_default_matmul_precision", "highest")  # full float32 (no TF32 on a GPU)
+    if DEVICE.gpu and jax.default_backend() != "gpu":
+        return None
+    view = prog.view(prog.backend.to_host(prog.init_params(seed=0)))
     params = [jnp.asarray(view[name]) for name in prog.layout]
     X, Y = jnp.asarray(batch["x"]), jnp.asarray(batch["y"])
     l2, N = prog.l2, X.shape[0]
@@ -257,9 +298,13 @@ def bench_torch(w, batch, prog):
     except ImportError:
         return None
     torch.set_num_threads(CORES)
-    view = prog.view(prog.init_params(seed=0))
-    params = [torch.tensor(np.array(view[name])) for name in prog.layout]
-    X, Y = torch.tensor(batch["x"]), torch.tensor(batch["y"])
+    dev = "cuda" if DEVICE.gpu else "cpu"
+    if DEVICE.gpu and not torch.cuda.is_available():
+        return None
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # full float32
+    view = prog.view(prog.backend.to_host(prog.init_params(seed=0)))
+    params = [torch.tensor(np.array(view[name]), device=dev) for name in prog.layout]
+    X, Y = torch.tensor(batch["x"], device=dev), torch.tensor(batch["y"], device=dev)
     l2, N = prog.l2, X.shape[0]
     F = torch.nn.functional
     pools = w.get("pools", [])
@@ -279,8 +324,8 @@ def bench_torch(w, batch, prog):
     def f(*p):
         return F.cross_entropy(net(*p), Y) + 0.5 * l2 * sum((q * q).sum() for q in p)
     g = torch.Generator().manual_seed(1)
-    v = [torch.randn(q.shape, generator=g) for q in params]
-    u = torch.randn((N, 10), generator=g)
+    v = [torch.randn(q.shape, generator=g).to(dev) for q in params]
+    u = torch.randn((N, 10), generator=g).to(dev)
     out = {}
     def loss_only():
         with torch.no_grad():
@@ -316,19 +361,30 @@ def bench_torch(w, batch, prog):
     return out
 
 
+def gpu_name():
+    import cupy
+    return cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=8, help="timed calls per case (half in each round)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
+    ap.add_argument("--backend", default="numpy", choices=["numpy", "cupy"],
+                    help="rgraph's backend; cupy runs every library on the GPU")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = Device(args.backend)
     unknown = set(args.workloads.split(",")) - set(WORKLOADS)
     if unknown:
         ap.error(f"unknown workloads {sorted(unknown)}; choose from {sorted(WORKLOADS)}")
-    peak = gemm_peak(args.repeats)
-    print(f"machine: {platform.machine()} {platform.processor() or ''} {CORES}-core CPU, {platform.system()}; "
-          f"float32; median of {args.repeats} after warm-up; threads={CORES} for all")
-    print(f"NumPy GEMM peak (float32 2048^3): {peak:.0f} GFLOP/s\n")
+    peak = gemm_peak(args.repeats, 4096 if DEVICE.gpu else 2048)
+    print(f"machine: {platform.machine()} {platform.processor() or ''} {CORES}-core CPU, {platform.system()}"
+          f"{'; GPU ' + gpu_name() if DEVICE.gpu else ''}; float32; median of {args.repeats} after warm-up; "
+          f"threads={CORES} for all")
+    print(f"{'CuPy' if DEVICE.gpu else 'NumPy'} GEMM peak (float32 {4096 if DEVICE.gpu else 2048}^3): "
+          f"{peak:.0f} GFLOP/s\n")
     for make in (WORKLOADS[name] for name in args.workloads.split(",")):
         w = make()
         if w is None:
