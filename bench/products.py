@@ -222,7 +222,7 @@ def bench_jax(w, batch, prog):
     jax.config.update("jax_default_matmul_precision", "highest")  # full float32 (no TF32 on a GPU)
     if DEVICE.gpu and jax.default_backend() != "gpu":
         return None
-    view = prog.view(prog.backend.to_host(prog.init_params(seed=0)))
+    view = {name: prog.backend.to_host(a) for name, a in prog.view(prog.init_params(seed=0)).items()}
     params = [jnp.asarray(view[name]) for name in prog.layout]
     X, Y = jnp.asarray(batch["x"]), jnp.asarray(batch["y"])
     l2, N = prog.l2, X.shape[0]
@@ -302,7 +302,7 @@ def bench_torch(w, batch, prog):
     if DEVICE.gpu and not torch.cuda.is_available():
         return None
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # full float32
-    view = prog.view(prog.backend.to_host(prog.init_params(seed=0)))
+    view = {name: prog.backend.to_host(a) for name, a in prog.view(prog.init_params(seed=0)).items()}
     params = [torch.tensor(np.array(view[name]), device=dev) for name in prog.layout]
     X, Y = torch.tensor(batch["x"], device=dev), torch.tensor(batch["y"], device=dev)
     l2, N = prog.l2, X.shape[0]

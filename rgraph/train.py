@@ -88,10 +88,10 @@ def evaluate(prog, theta, x, y, batch_size=1000):
     """(mean loss including l2, accuracy) over a dataset, in chunks."""
     total, correct = 0.0, 0
     for k in range(0, len(x), batch_size):
-        st = prog.bind(theta, {"x": x[k:k + batch_size], "y": y[k:k + batch_size]})
-        n = len(y[k:k + batch_size])
-        total += st.loss * n
-        correct += int((prog.backend.to_host(st.output).argmax(axis=1) == y[k:k + batch_size]).sum())
+        labels = y[k:k + batch_size]
+        st = prog.bind(theta, {"x": x[k:k + batch_size], "y": labels})
+        total += st.loss * len(labels)
+        correct += int((prog.backend.to_host(st.output).argmax(axis=1) == prog.backend.to_host(labels)).sum())
     return total / len(x), correct / len(x)
 
 
@@ -172,8 +172,8 @@ def train(graph, dataset, optimizer="fitre", *, epochs=10, batch_size=128, seed=
         settings.setdefault("seed", seed)
     opt = make_optimizer(optimizer, prog, **settings)
     asarray = lambda a: prog.backend.asarray(a)  # noqa: E731
-    x_train, y_train = asarray(dataset.x_train.astype(dtype)), dataset.y_train
-    x_test, y_test = asarray(dataset.x_test.astype(dtype)), dataset.y_test
+    x_train, y_train = asarray(dataset.x_train.astype(dtype)), asarray(dataset.y_train)
+    x_test, y_test = asarray(dataset.x_test.astype(dtype)), asarray(dataset.y_test)
     theta, start_epoch, start_batch, history, elapsed = prog.init_params(seed), 0, 0, [], 0.0
     ckpt = os.path.join(out, "checkpoint.pkl") if out else None
     config = {"model": graph.name, "dataset": dataset.name, "optimizer": optimizer, "settings": opt.settings,

@@ -180,12 +180,10 @@ def matmul_add_blas(xp, c, a, b, transpose_a=False, transpose_b=False, out=None)
 
 def _matrix_view(x, m, n):
     """x as an (m, n) matrix without a copy, or None."""
-    view = x.view()
     try:
-        view.shape = (m, n)
-    except AttributeError:
+        return np.reshape(x, (m, n), copy=False)
+    except ValueError:  # the layout needs a copy
         return None
-    return view
 
 
 try:

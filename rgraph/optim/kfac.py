@@ -60,11 +60,11 @@ class KFACPreconditioner:
 
     def factors(self, taps):
         """(A, G) per layer from one batch of taps, before averaging."""
-        out = {}
+        out, host = {}, self.prog.backend.to_host
         for weight, bias in self.layers:
             a, g = taps[weight]
             n = a.shape[0]
-            a, g = _rows(np.asarray(a, np.float64)), _rows(np.asarray(g, np.float64))
+            a, g = _rows(np.asarray(host(a), np.float64)), _rows(np.asarray(host(g), np.float64))
             if bias:
                 a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
             out[weight] = (a.T @ a / len(a), g.T @ g / n)
