@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, in one command, for a machine with a CUDA device and CuPy (and, optionally, JAX and
-# PyTorch with CUDA): the gpu-marked tests, `rgraph train` on the CuPy backend, and bench/products.py
-# on the GPU beside the peers. Each part runs under its own time limit and writes its log to $OUT
+# PyTorch with CUDA): the gpu-marked tests, `rgraph train` on the CuPy backend, a per-kernel profile of
+# gv and hv on the GPU, and bench/products.py on the GPU beside the peers. Each part runs under its own time limit and writes its log to $OUT
 # (default /tmp/rgraph-device-check); one failing part does not stop the others.
 #
 #   bash bench/device_check.sh            # from the repository root
@@ -37,5 +37,7 @@ part env 60 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total --f
   numpy.__version__, \"numba\", numba.__version__, \"cuda\", cupy.cuda.runtime.runtimeGetVersion())'"
 part tests "${TESTS_LIMIT:-240}" $py -m pytest -q -rs -p no:cacheprovider tests/test_cupy_backend.py
 part train "${TRAIN_LIMIT:-150}" $py -m rgraph.cli train --backend cupy --epochs "${EPOCHS:-5}" --no-progress --out "$OUT/run"
+part profile "${PROFILE_LIMIT:-90}" bash -c "for e in gv hv; do for w in mlp vgg-mini; do
+  $py bench/profile_kernels.py --backend cupy --workload \$w --entry \$e --calls 10 --top 10; done; done"
 part bench "${BENCH_LIMIT:-300}" $py bench/products.py --backend cupy --repeats "${REPEATS:-20}" \
     --workloads "${WORKLOADS:-mlp,vgg-mini,vgg11}"

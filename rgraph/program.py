@@ -67,8 +67,9 @@ class Program:
         return self.backend.asarray(theta)
 
     def view(self, vec) -> dict:
-        """Named views (no copies) of a flat parameter-shaped vector: ``prog.view(theta)["fc0.W"]``."""
-        self._check_flat(vec, "vector")
+        """Named views (no copies) of a flat parameter-shaped vector: ``prog.view(theta)["fc0.W"]``. The
+        vector may also be a NumPy array where the backend's arrays live elsewhere (a host copy of theta)."""
+        self._check_flat(vec, "vector", host_ok=True)
         return {name: vec[off:off + int(np.prod(shape, dtype=np.int64))].reshape(shape)
                 for name, (off, shape) in self.layout.items()}
 
@@ -124,8 +125,9 @@ class Program:
             raise BindError(f"input {x.name!r}: expected integer {x.dtype} values, got dtype {a.dtype}")
         return a.astype(np.int64, copy=False)
 
-    def _check_flat(self, vec, what):
-        if not self.backend.is_array(vec) or vec.ndim != 1 or vec.shape[0] != self.size:
+    def _check_flat(self, vec, what, host_ok=False):
+        kind_ok = self.backend.is_array(vec) or (host_ok and isinstance(vec, np.ndarray))
+        if not kind_ok or vec.ndim != 1 or vec.shape[0] != self.size:
             raise BindError(f"{what}: expected a flat {self.backend.name} array of length {self.size}, "
                             f"got {type(vec).__name__} of shape {getattr(vec, 'shape', None)}")
         if vec.dtype != self.dtype:

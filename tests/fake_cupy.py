@@ -1,12 +1,20 @@
 """A NumPy stand-in for the CuPy calls the cupy backend makes (tests only).
 
-Arrays are NumPy arrays. ``RawKernel`` runs a generated CUDA kernel without a GPU: it reads each
-input the way the CUDA source indexes it (the index arithmetic of the source is evaluated on the
-thread ids, so broadcasting by indexing is checked), then evaluates the kernel's expressions with the
-reference interpreter (``expr.evaluate``) and stores outputs at the thread ids.
+Arrays are NumPy arrays. ``RawKernel`` runs a CUDA kernel without a GPU. A generated fused kernel: it
+reads each input the way the CUDA source indexes it (the index arithmetic of the source is evaluated on
+the thread ids, so broadcasting by indexing is checked), then evaluates the kernel's expressions with the
+reference interpreter (``expr.evaluate``) and stores outputs at the thread ids. A hand-written kernel
+(the window ops'): its very source is compiled as C++ for the host, and the launch runs every thread of
+the grid, one after another.
 """
+import ctypes
+import hashlib
 import re
+import shutil
+import subprocess
+import tempfile
 import types
+from pathlib import Path
 
 import numpy as np
 
@@ -16,7 +24,11 @@ from rgraph.backends import cupy as cupy_backend
 launches = []
 
 
-class RawKernel:
+def RawKernel(source, name):
+    return FusedKernel(source, name) if source in cupy_backend.SOURCES else HostKernel(source, name)
+
+
+class FusedKernel:
     def __init__(self, source, name):
         assert f'extern "C" __global__ void {name}(' in source
         self.source, self.name = source, name
@@ -36,6 +48,62 @@ class RawKernel:
             env[p] = a.reshape(-1)[np.broadcast_to(index, (n,))]
         for e, o in zip(op.exprs, outs, strict=True):
             o.reshape(-1)[...] = np.broadcast_to(ex.evaluate(e, env, np), (n,))
+        launches.append(self.name)
+
+
+HOST_PRELUDE = """#include <cmath>
+struct rg_dim3 { long long x; };
+static rg_dim3 blockIdx, threadIdx, blockDim;
+#define __global__
+#define __restrict__
+"""
+_BUILD = {}
+
+
+def host_compiler():
+    return shutil.which("g++") or shutil.which("c++")
+
+
+def _host_library(text):
+    key = hashlib.sha1(text.encode()).hexdigest()
+    if key not in _BUILD:
+        folder = Path(tempfile.mkdtemp(prefix="rgraph-host-kernels-"))
+        (folder / "k.cpp").write_text(text)
+        subprocess.run([host_compiler(), "-O1", "-shared", "-fPIC", str(folder / "k.cpp"), "-o", str(folder / "k.so")],
+                       check=True, capture_output=True, text=True)
+        _BUILD[key] = ctypes.CDLL(str(folder / "k.so"))
+    return _BUILD[key]
+
+
+class HostKernel:
+    """A raw ``extern "C"`` CUDA kernel compiled as C++ for the host; a launch runs its threads in turn."""
+
+    def __init__(self, source, name):
+        signature = re.search(rf'extern "C" __global__ void {name}\(([^)]*)\)', source)
+        assert signature, f"no kernel {name} in the source"
+        params = [p.strip() for p in signature.group(1).split(",")]
+        names = [re.findall(r"\w+", p)[-1] for p in params]
+        real = {"float": ctypes.c_float, "double": ctypes.c_double}[re.search(r"typedef (\w+) T;", source).group(1)]
+        kinds = [ctypes.c_void_p if "*" in p else ctypes.c_longlong if "long long" in p else real for p in params]
+        launcher = (f'extern "C" void launch({", ".join(["long long grid", "long long block"] + params)}) {{\n'
+                    f"    blockDim.x = block;\n"
+                    f"    for (long long b = 0; b < grid; ++b)\n"
+                    f"        for (long long t = 0; t < block; ++t) {{ blockIdx.x = b; threadIdx.x = t; "
+                    f"{name}({', '.join(names)}); }}\n}}\n")
+        self.name, self.kinds = name, kinds
+        self.launch = _host_library(HOST_PRELUDE + source + launcher).launch
+        self.launch.argtypes = [ctypes.c_longlong, ctypes.c_longlong] + kinds
+
+    def __call__(self, grid, block, args):
+        values = []
+        for kind, a in zip(self.kinds, args, strict=True):
+            if kind is ctypes.c_void_p:
+                assert isinstance(a, np.ndarray)
+                values.append(a.ctypes.data)
+            else:
+                assert isinstance(a, np.generic)   # CuPy passes scalars by their NumPy type
+                values.append(a.item())
+        self.launch(int(grid[0]), int(block[0]), *values)
         launches.append(self.name)
 
 

@@ -9,10 +9,15 @@ import numpy as np
 import pytest
 
 import rgraph as rg
+from rgraph import ops
+from rgraph.backends.cuda_kernels import KERNELS, WindowKernels, cuda_window_source
 from rgraph.backends.cupy import make_backend
+from rgraph.op import empty
+from rgraph.ops.conv import pair, padding_pairs
 
 import fake_cupy
 from helpers_compiler import ENTRIES, batch_for, products, rel, small_cnn
+from test_cnn import POOL_CASES
 
 
 def programs():
@@ -57,16 +62,58 @@ def test_generated_cuda_compiles_to_ptx(tmp_path, dtype):
         kernels = all_kernels(prog)
         assert kernels
         path = tmp_path / f"{name}.cu"
-        # one translation unit per program: each kernel carries the same typedef (legal C++)
-        path.write_text("\n".join(op.source("cuda", dtype) for op in kernels))
+        # one translation unit per program: each kernel carries the same typedef (legal C++); the
+        # window ops' kernels (im2col, col2im, pooling) with them
+        path.write_text("\n".join([op.source("cuda", dtype) for op in kernels] +
+                                  [cuda_window_source(name, dtype) for name in KERNELS]))
         result = subprocess.run([nvcc, "--ptx", "-arch=sm_80", str(path), "-o", str(tmp_path / f"{name}.ptx")],
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-3000:]
         ptx = (tmp_path / f"{name}.ptx").read_text()
-        for op in kernels:
-            assert f".entry {op.name}(" in ptx
+        for name in [op.name for op in kernels] + [f"rg_{name}" for name in KERNELS]:
+            assert f".entry {name}(" in ptx
             count += 1
-    assert count >= 10
+    assert count >= 10 + 4 * len(KERNELS)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("memory", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("kernel, stride, padding", POOL_CASES + [((2, 3), (2, 3), ((0, 1), (0, 0)))])
+def test_cuda_window_kernels_match_the_reference_kernels(kernel, stride, padding, memory, dtype):
+    """The CuPy backend's im2col, col2im and pooling kernels (their CUDA C run on the host) give the ops'
+    own kernels' results: inputs and outputs in either memory order, both float widths, ties (the
+    first maximum wins), a NaN (the maximum), gathers and scatters at every offset, allocating and
+    into out=."""
+    if fake_cupy.host_compiler() is None:
+        pytest.skip("no C++ compiler for the host")
+    rng = np.random.default_rng(0)
+    kernels = WindowKernels(fake_cupy.module()).kernels()
+    geo = dict(kernel=pair(kernel, "k"), stride=pair(kernel if stride is None else stride, "s"),
+               padding=padding_pairs(padding))
+    order = (0, 2, 3, 1) if memory == "NHWC" else None
+
+    def laid_out(a):
+        out = empty(np, a.shape, a.dtype, order)
+        out[...] = a
+        return out
+    x = rng.integers(0, 3, (3, 4, 7, 6)).astype(dtype)   # ties: the first maximum must win
+    x[1, 2, 3, 3] = np.nan
+    x = laid_out(x)
+    y = ops.pool_max_op.forward(np, x, **geo)
+    kh, kw = geo["kernel"]
+    idx = rng.integers(0, kh * kw, y.shape)   # any offsets, the padding's too (an argmax never picks those)
+    g = laid_out(rng.standard_normal(idx.shape).astype(dtype))
+    cols = rng.standard_normal(ops.im2col_op.forward(np, x, **geo).shape).astype(dtype)
+    image = dict(geo, image=x.shape[1:])
+    for op, args, attrs in [(ops.pool_max_op, (x,), geo), (ops.pool_argmax_op, (x, laid_out(y)), geo),
+                            (ops.im2col_op, (x,), geo), (ops.pool_gather_op, (x, laid_out(idx)), geo),
+                            (ops.pool_scatter_op, (g, laid_out(idx)), image), (ops.col2im_op, (cols,), image)]:
+        ref = op.forward(np, *args, **attrs)
+        out = empty(np, ref.shape, ref.dtype, order if ref.ndim == 4 else None)
+        out[...] = -7
+        for got in (kernels[op.name](np, *args, **attrs), kernels[op.name](np, *args, out=out, **attrs)):
+            np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6, err_msg=op.name)
+        np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6, err_msg=op.name)
 
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
@@ -80,7 +127,9 @@ def test_cupy_lowering_on_a_numpy_stand_in(name, dtype, tol):
     fake_cupy.launches.clear()
     gpu_prog = rg.compile(g, backend=make_backend(fake_cupy.module()), dtype=dtype)
     first, gpu = products(gpu_prog, batch), products(gpu_prog, batch)
-    assert fake_cupy.launches  # the fused kernels ran through RawKernel launches
+    assert any(name.startswith("fused") for name in fake_cupy.launches)  # the kernels ran as RawKernel launches
+    if name == "convnet":   # im2col, col2im and pooling ran as the backend's CUDA kernels
+        assert {f"rg_{op}" for op in KERNELS} <= set(fake_cupy.launches)
     cpu = products(rg.compile(g, dtype=dtype), batch)
     for entry in ENTRIES:
         assert rel(first[entry], cpu[entry]) <= tol, entry

@@ -1,5 +1,6 @@
-"""The GPU backend: CuPy arrays, cuBLAS GEMMs (``cupy.matmul`` with ``out=``), and fused elementwise
-kernels compiled from the CUDA C printer as raw ``extern "C"`` kernels (``cupy.RawKernel``).
+"""The GPU backend: CuPy arrays, cuBLAS GEMMs (``cupy.matmul`` with ``out=``), fused elementwise
+kernels compiled from the CUDA C printer as raw ``extern "C"`` kernels (``cupy.RawKernel``), and one
+kernel each for im2col, col2im and max pooling (``cuda_kernels``).
 
 Parameters, batch and every cached value stay on the device; a pass never copies to the host (the
 loss, a Python float, is the one read-back, and only when ``st.loss`` is asked for). This module is
@@ -10,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import OUT_KERNELS, Backend
+from .cuda_kernels import WindowKernels
 
 BLOCK = 256
 SOURCES: dict = {}  # generated source -> Fused op (read by the tests' NumPy stand-in of CuPy)
@@ -39,4 +41,5 @@ class CudaKernel:
 
 def make_backend(cp) -> Backend:
     """The CuPy backend over the module ``cp`` (the real CuPy, or a stand-in with the same calls)."""
-    return Backend("cupy", cp, out_kernels=OUT_KERNELS, fused=lambda op, dtype: CudaKernel(cp, op, dtype))
+    return Backend("cupy", cp, out_kernels={**OUT_KERNELS, **WindowKernels(cp).kernels()},
+                   fused=lambda op, dtype: CudaKernel(cp, op, dtype))
