@@ -34,7 +34,8 @@ part() {  # part NAME SECONDS COMMAND...: run one part under a time limit, log t
 
 part env 60 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nvcc --version | tail -2;
   $py -c 'import cupy, numpy, numba, sys; print(sys.version); print(\"cupy\", cupy.__version__, \"numpy\",
-  numpy.__version__, \"numba\", numba.__version__, \"cuda\", cupy.cuda.runtime.runtimeGetVersion())'"
+  numpy.__version__, \"numba\", numba.__version__, \"cuda\", cupy.cuda.runtime.runtimeGetVersion())';
+  $py -m pip list 2>/dev/null | grep -i -E '^(jax|jaxlib|torch) '"
 part tests "${TESTS_LIMIT:-240}" $py -m pytest -q -rs -p no:cacheprovider tests/test_cupy_backend.py
 part train "${TRAIN_LIMIT:-150}" $py -m rgraph.cli train --backend cupy --epochs "${EPOCHS:-5}" --no-progress --out "$OUT/run"
 part profile "${PROFILE_LIMIT:-90}" bash -c "for e in gv hv; do for w in mlp vgg-mini; do
