@@ -9,7 +9,7 @@ GEMM floor (one call of each per round), each library in its own block, and the 
 so a drift in the load of a shared machine moves every column of a table alike. rgraph's GFLOP/s (FLOPs from
 ``prog.cost``) is compared with the machine's NumPy GEMM peak (float32 2048^3) and with its own GEMM
 floor: the time of just that product's matrix products, one NumPy GEMM each (the program compiled with
-``merge=False``), run alone on the same operands. rgraph's merged GEMMs may take less than it. Peers are optional:
+``merge=False, tile=False``), run alone on the same operands. rgraph's merged GEMMs may take less than it. Peers are optional:
 a missing JAX or PyTorch is skipped. Nothing here is a dependency of rgraph.
 
 With ``--backend cupy`` everything runs on the GPU: rgraph on CuPy, JAX on its default (GPU) device and
@@ -181,7 +181,7 @@ def bench_rgraph(w, batch):
         rows[f"{entry} per call"] = (lambda f=getattr(st, entry), x=seed, o=out: f(x, out=o), entry, "vector")
     # GEMM floors: just the GEMM instructions of each product, one NumPy GEMM per matrix product (the
     # program compiled without merging GEMM sums), on that program's slots (all values computed)
-    plain = rg.compile(g, dtype="float32", merge=False, backend=DEVICE.backend)
+    plain = rg.compile(g, dtype="float32", merge=False, tile=False, backend=DEVICE.backend)
     ps = plain.bind(theta, batch)
     ps.grad
     for entry in ("gv", "hv", "jv", "jtu"):

@@ -83,6 +83,12 @@ class MatMul(Op):
         ga, gb = self.RULES[node.attrs.get("transpose_a", False), node.attrs.get("transpose_b", False)]
         return [ga(a, b, g), gb(a, b, g)]
 
+    def splits_batch(self, node):
+        """Rows of A are samples (the batch leads A, untransposed) and B holds no batch axis: a slice of
+        the batch's rows of A gives the same rows of the result."""
+        a, b = node.inputs[-2:]
+        return not node.attrs.get("transpose_a", False) and a.shape[0] is None and None not in b.shape
+
     def merge_sum(self, x, y):
         """x + y as one GEMM over operands joined along the contracted axis, A1 B1 + A2 B2 = [A1 A2] [B1; B2],
         where the left operands are untransposed and joining them copies fewer elements than the output's
@@ -155,6 +161,10 @@ class MatMulAdd(Op):
         """2 m n k for the product, m n for the accumulation."""
         (c, a, b), out = shapes
         return MatMul.flops(((a, b), out), attrs) + int(np.prod(out))
+
+    def splits_batch(self, node):
+        """As MatMul's, the accumulator sliced alike."""
+        return node.inputs[0].shape[0] is None and MatMul.splits_batch(self, node)
 
     @staticmethod
     def products(node):

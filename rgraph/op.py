@@ -167,6 +167,17 @@ class Op:
         kept). None where it is not total or moves entries across axes."""
         return None
 
+    def splits_batch(self, node) -> bool:
+        """Whether ``node`` may run on a slice of the batch: its inputs whose axis 0 is the batch (shape
+        None there) sliced alike, the others whole, give that slice of its output (compiler.tile runs
+        such pairs chunk by chunk). Per-sample ops do; MatMul does when its rows are samples."""
+        return self.per_sample
+
+    def parts(self, node) -> tuple:
+        """The nodes whose work ``node`` does (the cost model counts them): itself, or the members of a
+        compound node (compiler.tile's)."""
+        return (node,)
+
     def attrs_key(self, attrs) -> tuple:
         """A hashable key of the attributes (CSE identifies nodes by op, attributes and inputs)."""
         return tuple(sorted((k, _freeze(v)) for k, v in attrs.items()))

@@ -235,6 +235,14 @@ class Program:
         self._lowered[n][entry] = self._lower_entry(entry, n, orders)
 
     def _lower(self, node, n, out=None):
+        kernel = self._tiled_kernel(node, n) if node.op.kind == "tiled" else self._kernel(node, n)
+        if out is not None:
+            kernel = functools.partial(kernel, out=(out,) if node.op.kind == "fused" and not isinstance(out, tuple)
+                                       else out)
+        return kernel, tuple(self._slot[i] for i in node.inputs), self._slot[node], node
+
+    def _kernel(self, node, n):
+        """The backend's kernel of ``node`` with its attributes at batch size ``n``."""
         attrs = {}
         for k, v in node.attrs.items():
             if k == "shape":
@@ -242,10 +250,18 @@ class Program:
             elif k == "dtype" and v == FLOAT:
                 v = self.dtype
             attrs[k] = v
-        if out is not None:
-            attrs["out"] = (out,) if node.op.kind == "fused" and not isinstance(out, tuple) else out
-        kernel = functools.partial(self.backend.kernel(node.op, self.dtype), self.xp, **attrs)
-        return kernel, tuple(self._slot[i] for i in node.inputs), self._slot[node], node
+        return functools.partial(self.backend.kernel(node.op, self.dtype), self.xp, **attrs)
+
+    def _tiled_kernel(self, node, n):
+        """A Tiled node's two kernels run chunk by chunk through one cache-sized buffer (compiler.tile)."""
+        from .backends import run_tiled
+        from .compiler.tile import TileLayout
+        first, second = node.op.parts(node)
+        layout = TileLayout.of(node, n, self.dtype)
+        chunk = max(1, min(n, self.backend.tiles // max(1, layout.sample_bytes)))
+        buffer = empty(self.xp, (chunk,) + layout.inner_shape[1:], layout.dtype, first.op.out_order)
+        return functools.partial(run_tiled, self.xp, self._kernel(first, n), self._kernel(second, n), layout,
+                                 chunk, buffer)
 
     # --- looking at it --------------------------------------------------------------------------
 

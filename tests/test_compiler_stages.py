@@ -12,7 +12,7 @@ from helpers_compiler import batch_for, products, rel
 
 
 def test_stage_names_in_order():
-    assert STAGE_NAMES == ["derive", "simplify", "cse", "dce", "stage", "hoist", "merge", "fuse", "schedule",
+    assert STAGE_NAMES == ["derive", "simplify", "cse", "dce", "stage", "hoist", "merge", "fuse", "tile", "schedule",
                            "lower"]
 
 

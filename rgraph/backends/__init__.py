@@ -16,10 +16,14 @@ class Backend:
     op's ``forward`` signature; ``out_kernels`` those that also write into ``out=``; ``fused(op, dtype)``
     compiles a fused elementwise kernel; ``per_sample(op, kernel)`` wraps the kernels of per-sample ops.
     Everything else runs the op's own kernel against ``xp``. ``recycles``: whether a program hands a
-    released state's arrays to the next bind (NumPy; CuPy's memory pool already reuses device memory)."""
+    released state's arrays to the next bind (NumPy; CuPy's memory pool already reuses device memory).
+    ``tiles``: the bytes of intermediate one batch chunk of a Tiled node holds (compiler.tile), or None
+    where the backend runs no such pairs."""
 
-    def __init__(self, name, xp, kernels=None, out_kernels=None, fused=None, per_sample=None, recycles=False):
+    def __init__(self, name, xp, kernels=None, out_kernels=None, fused=None, per_sample=None, recycles=False,
+                 tiles=None):
         self.name, self.xp, self.kernels, self.recycles = name, xp, dict(kernels or {}), recycles
+        self.tiles = tiles
         self.out_kernels = dict(out_kernels or {})
         self._fused_compiler, self._per_sample = fused, per_sample
         self._fused_cache = {}
@@ -97,6 +101,24 @@ def sum_out(xp, x, axis=None, keepdims=False, out=None):
 
 
 OUT_KERNELS = {"matmul": matmul_out, "matmul_add": matmul_add_out, "sum": sum_out}
+
+
+def run_tiled(xp, first, second, layout, chunk, buffer, *arrays, out=None):
+    """A Tiled node (compiler.tile): for each ``chunk`` samples of the batch, ``first`` writes the
+    intermediate into ``buffer`` (chunk-sized, so it stays in cache) and ``second`` reads it from there
+    and writes its slice of the result. ``layout`` is a TileLayout; the kernels take ``out=``."""
+    from ..op import empty
+    if out is None:
+        out = empty(xp, layout.out_shape, layout.dtype, layout.out_order)
+    k, n = layout.first_arity, layout.n
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        inner = first(*(a[s:e] if split else a for a, split in zip(arrays[:k], layout.split_first, strict=True)),
+                      out=buffer[:e - s])
+        rest = [a[s:e] if split else a for a, split in zip(arrays[k:], layout.split_second, strict=True)]
+        rest.insert(layout.position, inner)
+        second(*rest, out=out[s:e])
+    return out
 
 
 def cupy_usable() -> bool:

@@ -1,6 +1,6 @@
 """``rg.compile``: a list of named graph-to-graph stages, run in order.
 
-    derive -> simplify -> cse -> dce -> stage -> hoist -> merge -> fuse -> schedule -> lower
+    derive -> simplify -> cse -> dce -> stage -> hoist -> merge -> fuse -> tile -> schedule -> lower
 
 Each stage takes and returns a ``Module`` (the entry points as symbolic outputs, plus what the stage
 adds), so ``compile(g, until="fuse")`` returns the module after any stage for inspection and drawing.
@@ -32,6 +32,11 @@ def _fuse(module: Module) -> Module:
     return fuse(module) if module.options.get("fuse", True) else module
 
 
+def _tile(module: Module) -> Module:
+    from .tile import tile
+    return tile(module)
+
+
 def _schedule(module: Module) -> Module:
     from .schedule import schedule
     return schedule(module)
@@ -42,12 +47,13 @@ def _hoist(module: Module) -> Module:
 
 
 STAGES = [("derive", _derive), ("simplify", simplify), ("cse", cse), ("dce", dce), ("stage", stage),
-          ("hoist", _hoist), ("merge", _merge), ("fuse", _fuse), ("schedule", _schedule)]
+          ("hoist", _hoist), ("merge", _merge), ("fuse", _fuse), ("tile", _tile),
+          ("schedule", _schedule)]
 STAGE_NAMES = [name for name, _ in STAGES] + ["lower"]
 
 
 def compile(graph, backend: str = "numpy", dtype: str = "float64", *, until: str | None = None,
-            transposed_rop: bool = False, fuse: bool = True, merge: bool = True):
+            transposed_rop: bool = False, fuse: bool = True, merge: bool = True, tile: bool = True):
     """Compile a graph's derived passes into a ``Program`` (or, with ``until``, the module after that stage).
 
         >>> import rgraph as rg
@@ -58,7 +64,8 @@ def compile(graph, backend: str = "numpy", dtype: str = "float64", *, until: str
     ``backend``: "numpy", "cupy" or "auto" (CuPy when a GPU is usable). ``dtype``: "float32" or
     "float64". ``transposed_rop`` derives every R-op through two VJPs (for checking hand R-ops).
     ``fuse=False`` skips hoisting, merging and fusion (every op runs its own kernel: the reference program);
-    ``merge=False`` only the merging of GEMM sums (each matrix product then runs as its own GEMM).
+    ``merge=False`` only the merging of GEMM sums (each matrix product then runs as its own GEMM);
+    ``tile=False`` the chunked running of large per-sample intermediates (on backends that tile).
     """
     from ..backends import get_backend
     from ..program import Program
@@ -66,12 +73,14 @@ def compile(graph, backend: str = "numpy", dtype: str = "float64", *, until: str
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     if until is not None and until not in STAGE_NAMES:
         raise ValueError(f"unknown stage {until!r}; stages are {STAGE_NAMES}")
-    module = Module(graph, options={"transposed_rop": transposed_rop, "fuse": fuse, "merge": merge})
+    backend = get_backend(backend)
+    module = Module(graph, options={"transposed_rop": transposed_rop, "fuse": fuse, "merge": merge,
+                                    "tile_with": backend if fuse and tile and backend.tiles else None})
     for name, run in STAGES:
         module = run(module)
         module.history.append(name)
         if name == until:
             return module
-    prog = Program(module, get_backend(backend), dtype)
+    prog = Program(module, backend, dtype)
     module.history.append("lower")
     return prog if until is None else module

@@ -1,7 +1,8 @@
 """The cost model: what one call of an entry's batch and vector stages costs, counted on the program.
 
 * ``gemms``: the matrix products of the stage's GEMMs (ops of kind "gemm"; a convolution counts as its
-  one im2col GEMM; a GEMM over joined operands, compiler.merge, as the products it sums).
+  one im2col GEMM; a GEMM over joined operands, compiler.merge, as the products it sums). A compound
+  node (compiler.tile's) counts as its parts.
 * ``gemm_calls``: GEMM instructions (a merged GEMM is one call).
 * ``flops``: 2mnk per GEMM; per elementwise kernel, one per scalar operation per element; one per
   output element for everything else (reductions, reshapes, gathers).
@@ -32,6 +33,8 @@ def _itemsize(node, dtype):
 
 
 def node_flops(node, n) -> int:
+    if node.op.parts(node) != (node,):
+        return sum(node_flops(part, n) for part in node.op.parts(node))
     op = node.op
     if hasattr(op, "flops"):
         return int(op.flops(([_concrete(i.shape, n) for i in node.inputs], _concrete(node.shape, n)), node.attrs))
@@ -67,7 +70,7 @@ def stage_cost(nodes, reads_after, n, dtype) -> dict:
                 live -= b(i)
         if node not in last_use and node not in reads_after:
             live -= b(node)
-    gemms = [x for x in nodes if x.op.kind == "gemm"]
+    gemms = [part for x in nodes for part in x.op.parts(x) if part.op.kind == "gemm"]
     return {"gemms": sum(x.op.products(x) if hasattr(x.op, "products") else 1 for x in gemms),
             "gemm_calls": len(gemms),
             "flops": sum(node_flops(x, n) for x in nodes),

@@ -1,0 +1,56 @@
+"""compiler.tile: a large per-sample intermediate between a GEMM and im2col/col2im runs batch chunk by
+chunk. Tiled programs give the untiled programs' results (every entry, uneven chunks, planned buffers
+and recycled binds), count the same GEMMs and FLOPs, and tile only where the backend does."""
+import numpy as np
+import pytest
+
+import rgraph as rg
+import rgraph.compiler.tile as tile_stage
+from rgraph.backends.cupy import make_backend
+from rgraph.backends.numpy import BACKEND
+
+import fake_cupy
+from helpers_compiler import ENTRIES, batch_for, products, rel
+
+
+def cnn():
+    return rg.nn.small_cnn(input_shape=(3, 10, 10), channels=(4, 6), l2=1e-3)
+
+
+def tiled_pairs(prog, entry):
+    return [tuple(m.op.name for m in n.op.parts(n)) for stage in prog._plans[entry] for n in stage
+            if n.op.kind == "tiled"]
+
+
+def test_vgg_mini_tiles_each_backward_gemm_with_its_col2im():
+    g = rg.nn.small_cnn(input_shape=(3, 32, 32), channels=(32, 64, 128), l2=1e-3)
+    prog, plain = rg.compile(g, dtype="float32"), rg.compile(g, dtype="float32", tile=False)
+    for entry in ("grad", "jtu", "gv", "hv"):
+        assert tiled_pairs(prog, entry) and set(tiled_pairs(prog, entry)) == {("matmul", "col2im")}, entry
+    assert not tiled_pairs(plain, "gv")
+    assert "tile" in prog.module.history
+    for entry in ENTRIES:   # the cost model counts a tiled node as its parts
+        for part in ("batch", "vector"):
+            a, b = prog.cost(entry, 128)[part], plain.cost(entry, 128)[part]
+            assert (a["gemms"], a["gemm_calls"], a["flops"]) == (b["gemms"], b["gemm_calls"], b["flops"]), entry
+
+
+@pytest.mark.parametrize("tile_bytes", [1, 3000, 1 << 30])   # chunks of 1 sample, uneven chunks, one chunk
+def test_tiled_programs_give_the_untiled_results(tile_bytes, monkeypatch):
+    monkeypatch.setattr(tile_stage, "MIN_SAMPLE_BYTES", 0)
+    monkeypatch.setattr(BACKEND, "tiles", tile_bytes)
+    g = cnn()
+    batch = batch_for(g, 7)
+    prog = rg.compile(g)
+    assert tiled_pairs(prog, "gv") and tiled_pairs(prog, "grad")
+    plain = products(rg.compile(g, tile=False), batch)
+    for result in (products(prog, batch), products(prog, batch)):  # allocating, then planned and recycled
+        for entry in ENTRIES:
+            assert rel(result[entry], plain[entry]) <= 1e-12, entry
+
+
+def test_small_intermediates_and_backends_that_do_not_tile_are_left_whole(monkeypatch):
+    assert not tiled_pairs(rg.compile(cnn()), "gv")   # a few KB per sample stays in cache anyway
+    monkeypatch.setattr(tile_stage, "MIN_SAMPLE_BYTES", 0)
+    assert not tiled_pairs(rg.compile(cnn(), backend=make_backend(fake_cupy.module())), "gv")
+    assert not tiled_pairs(rg.compile(cnn(), fuse=False), "gv")
