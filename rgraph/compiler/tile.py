@@ -7,10 +7,9 @@ in turn (``backends.run_tiled``). Only backends that declare ``tiles`` get it (t
 GPU's caches and launch costs argue the other way), and only where both kernels write into ``out=``.
 Measured on VGG-mini's conv2 at batch 128 on 2 cores (a 37.7 MB patch matrix): GEMM then col2im 23 ->
 14 ms, im2col then GEMM 19 -> 12.5 ms, in chunks of 8 samples against the whole batch. Whole calls on
-VGG-mini, interleaved against tile=False: gradient 1.07x, jtu 1.24x, gv 1.13x, hv 1.08x faster (the
-pairs are each convolution's GEMM and col2im in the backward passes; the R-forward's im2col feeds a GEMM
-that Hv's weight term reads too, so it stays whole). A GEMM's result feeding another GEMM (an
-accumulator) measured no gain beyond noise and is not paired.
+VGG-mini, interleaved against tile=False (three runs): gradient 1.05-1.07x, jv 1.06x, jtu 1.12-1.24x,
+gv 1.10-1.13x, hv 1.01-1.08x faster. A GEMM's result feeding another GEMM (an accumulator) measured no
+gain beyond noise and is not paired.
 """
 from __future__ import annotations
 
@@ -42,20 +41,39 @@ TILED = Tiled()
 
 
 def tile(module: Module) -> Module:
-    """Pair each worthwhile producer with its one reader (see the module docstring)."""
+    """Pair each worthwhile producer with its one reader (see the module docstring). Batch-stage values
+    are cached by a state and read by every entry, so their pairs are decided over all entries; per-call
+    values are each entry's own, so their pairs are decided entry by entry (the R-forward's patches of
+    a convolution feed only its GEMM in Jv and Gv, while Hv's weight term reads them too)."""
     backend = module.options.get("tile_with")
     if backend is None:
         return module
-    nodes = module.nodes()
-    readers, outputs = consumers(nodes), set(module.outputs())
+    module.replace(_pairs(module, module.nodes(), set(module.outputs()), backend, per_call=False))
+    stage(module)
+    for name, outs in module.entries.items():
+        mapping = _pairs(module, module.nodes([name]), set(module.outputs([name])), backend, per_call=True)
+        module.entries[name] = [None if v is None else mapping.get(v, v) for v in outs]
+    module.replace({})
+    return stage(module)
+
+
+def _pairs(module, nodes, outputs, backend, per_call):
+    """A rewrite of ``nodes`` with each worthwhile (producer, its one reader) pair of the given stage
+    (per-call or batch) as one Tiled node: {node: its replacement}."""
+    readers = consumers(nodes)
+
+    def chunkable(x):
+        return x.op.kind not in ("fused", "pick", "tiled") and x.op.splits_batch(x) and backend.writes_out(x.op)
 
     def pairs(p, c):
-        return (not p.is_leaf and readers[p] == [c] and p not in outputs and p.type.is_float
-                and p.shape[:1] == (None,) and c.shape[:1] == (None,) and (p in module.vector) == (c in module.vector)
-                and _sample_bytes(p) >= MIN_SAMPLE_BYTES
-                and all(x.op.kind not in ("fused", "pick", "tiled") and x.op.splits_batch(x)
-                        and backend.writes_out(x.op) for x in (p, c))
-                and not p.op.kind == c.op.kind == "gemm")   # measured no gain: a GEMM's result is narrow
+        if p.is_leaf or readers[p] != [c] or p in outputs:   # something else reads p
+            return False
+        if p.shape[:1] != (None,) or c.shape[:1] != (None,) or not (p in module.vector) == (c in module.vector) == per_call:
+            return False
+        if not p.type.is_float or _sample_bytes(p) < MIN_SAMPLE_BYTES:
+            return False
+        gemm_to_gemm = p.op.kind == c.op.kind == "gemm"   # measured no gain: a GEMM's result is narrow
+        return chunkable(p) and chunkable(c) and not gemm_to_gemm
     mapping, taken = {}, set()
     for node in nodes:
         inputs = tuple(mapping.get(i, i) for i in node.inputs)
@@ -69,8 +87,7 @@ def tile(module: Module) -> Module:
         tiled = TILED(*[mapping.get(i, i) for i in producer.inputs], *rest, members=(producer, node))
         tiled.tag = node.tag
         mapping[node] = tiled
-    module.replace(mapping)
-    return stage(module)
+    return mapping
 
 
 def _sample_bytes(node):
