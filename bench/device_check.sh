@@ -4,7 +4,8 @@
 # gv and hv on the GPU, and bench/products.py on the GPU beside the peers. Each part runs under its own time limit and writes its log to $OUT
 # (default /tmp/rgraph-device-check); one failing part does not stop the others.
 #
-#   bash bench/device_check.sh            # from the repository root
+#   bash bench/device_check.sh                       # from the repository root
+#   PARTS=tests,bench bash bench/device_check.sh     # some parts only (env, tests, train, profile, bench)
 #
 # Python packages missing on that machine can travel as wheels in .whl/ (installed to /tmp/site).
 set -u
@@ -22,8 +23,11 @@ if ! $py -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 
+PARTS=${PARTS:-env,tests,train,profile,bench}
+
 part() {  # part NAME SECONDS COMMAND...: run one part under a time limit, log to $OUT/NAME.txt
     local name=$1 limit=$2; shift 2
+    [[ ",$PARTS," == *",$name,"* ]] || return 0
     echo "=== $name (limit ${limit}s): $*"
     local start=$SECONDS
     timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
