@@ -315,6 +315,11 @@ class Concat(Op):
     def forward(self, xp, a, b, axis, out=None):
         return xp.concatenate([a, b], axis=axis, out=out)
 
+    def splits_batch(self, node):
+        """Joined along an axis other than the batch, of two batch-major operands."""
+        a, b = node.inputs
+        return node.attrs["axis"] % a.ndim != 0 and a.shape[0] is None and b.shape[0] is None
+
     def vjp(self, node, g):
         a, b = node.inputs
         axis, k = node.attrs["axis"], a.shape[node.attrs["axis"]]

@@ -253,15 +253,15 @@ class Program:
         return functools.partial(self.backend.kernel(node.op, self.dtype), self.xp, **attrs)
 
     def _tiled_kernel(self, node, n):
-        """A Tiled node's two kernels run chunk by chunk through one cache-sized buffer (compiler.tile)."""
+        """A Tiled node's kernels run chunk by chunk through cache-sized buffers (compiler.tile)."""
         from .backends import run_tiled
         from .compiler.tile import TileLayout
-        first, second = node.op.parts(node)
+        members = node.op.parts(node)
         layout = TileLayout.of(node, n, self.dtype)
         chunk = max(1, min(n, self.backend.tiles // max(1, layout.sample_bytes)))
-        buffer = empty(self.xp, (chunk,) + layout.inner_shape[1:], layout.dtype, first.op.out_order)
-        return functools.partial(run_tiled, self.xp, self._kernel(first, n), self._kernel(second, n), layout,
-                                 chunk, buffer)
+        buffers = [empty(self.xp, (chunk,) + shape[1:], layout.dtype, m.op.out_order)
+                   for m, shape in zip(members, layout.inner_shapes)]
+        return functools.partial(run_tiled, self.xp, [self._kernel(m, n) for m in members], layout, chunk, buffers)
 
     # --- looking at it --------------------------------------------------------------------------
 

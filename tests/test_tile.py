@@ -23,13 +23,14 @@ def tiled_pairs(prog, entry):
 
 
 def test_vgg_mini_tiles_its_patch_matrices_with_their_gemms():
-    """The backward's GEMM -> col2im in every entry with a backward pass; the R-forward's im2col -> GEMM
-    where that GEMM alone reads the patches (Jv, Gv; Hv's weight term reads them too)."""
+    """The backward's GEMM -> col2im in every entry with a backward pass (in Hv's R-backward, from the
+    joining of the GEMM's operands on); the R-forward's im2col -> GEMM where that GEMM alone reads the
+    patches (Jv, Gv; Hv's weight term reads them too)."""
     g = rg.nn.small_cnn(input_shape=(3, 32, 32), channels=(32, 64, 128), l2=1e-3)
     prog, plain = rg.compile(g, dtype="float32"), rg.compile(g, dtype="float32", tile=False)
     expected = {"grad": [("matmul", "col2im")] * 2, "jtu": [("matmul", "col2im")] * 2,
                 "jv": [("im2col", "matmul")] * 2, "gv": [("im2col", "matmul")] * 2 + [("matmul", "col2im")] * 2,
-                "hv": [("matmul", "col2im")] * 4, "loss": []}
+                "hv": [("concat", "matmul", "col2im")] * 2 + [("matmul", "col2im")] * 2, "loss": []}
     for entry, pairs in expected.items():
         assert sorted(tiled_pairs(prog, entry)) == pairs, entry
         assert not tiled_pairs(plain, entry)

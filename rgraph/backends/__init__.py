@@ -103,21 +103,22 @@ def sum_out(xp, x, axis=None, keepdims=False, out=None):
 OUT_KERNELS = {"matmul": matmul_out, "matmul_add": matmul_add_out, "sum": sum_out}
 
 
-def run_tiled(xp, first, second, layout, chunk, buffer, *arrays, out=None):
-    """A Tiled node (compiler.tile): for each ``chunk`` samples of the batch, ``first`` writes the
-    intermediate into ``buffer`` (chunk-sized, so it stays in cache) and ``second`` reads it from there
-    and writes its slice of the result. ``layout`` is a TileLayout; the kernels take ``out=``."""
+def run_tiled(xp, kernels, layout, chunk, buffers, *arrays, out=None):
+    """A Tiled node (compiler.tile): for each ``chunk`` samples of the batch, each member's kernel in turn
+    writes its intermediate into its chunk-sized buffer (so it stays in cache), the next reads it from
+    there, and the last writes its slice of the result. ``layout`` is a TileLayout; kernels take ``out=``."""
     from ..op import empty
     if out is None:
         out = empty(xp, layout.out_shape, layout.dtype, layout.out_order)
-    k, n = layout.first_arity, layout.n
+    n, last = layout.n, len(kernels) - 1
     for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        inner = first(*(a[s:e] if split else a for a, split in zip(arrays[:k], layout.split_first, strict=True)),
-                      out=buffer[:e - s])
-        rest = [a[s:e] if split else a for a, split in zip(arrays[k:], layout.split_second, strict=True)]
-        rest.insert(layout.position, inner)
-        second(*rest, out=out[s:e])
+        e, taken, value = min(n, s + chunk), 0, None
+        for k, (kernel, (arity, split, position)) in enumerate(zip(kernels, layout.steps, strict=True)):
+            own = [a[s:e] if cut else a for a, cut in zip(arrays[taken:taken + arity], split, strict=True)]
+            taken += arity
+            if position is not None:
+                own.insert(position, value)
+            value = kernel(*own, out=out[s:e] if k == last else buffers[k][:e - s])
     return out
 
 
