@@ -517,5 +517,7 @@ def _call(n, names):
             v = fmt_shape(v)
         elif hasattr(v, "shape") and getattr(v, "size", 0) > 4:
             v = f"array{fmt_shape(v.shape)}"
+        elif isinstance(v, tuple) and v and all(isinstance(x, Value) for x in v):   # nodes (a Tiled's members)
+            v = f"({', '.join(x.label for x in v)})"
         args.append(f"{k}={v}")
     return f"{n.op.name}({', '.join(args)})"

@@ -34,6 +34,7 @@ def test_vgg_mini_tiles_its_patch_matrices_with_their_gemms():
     for entry, pairs in expected.items():
         assert sorted(tiled_pairs(prog, entry)) == pairs, entry
         assert not tiled_pairs(plain, entry)
+    assert "members=(concat_" in prog.text("hv")   # the listing names a chain's members
     assert "tile" in prog.module.history
     for entry in ENTRIES:   # the cost model counts a tiled node as its parts
         for part in ("batch", "vector"):

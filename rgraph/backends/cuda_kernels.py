@@ -30,16 +30,34 @@ def _strides(name):
     return [f"{name}s{a}" for a in range(4)]
 
 
+def _sum_over_windows(statement):
+    """A body for an image pixel (n, c, h, w): ``acc`` summed by ``statement`` over every window (a, b)
+    whose offset (ki, kj) lands on the pixel, offsets ascending (the reference's order), then stored."""
+    return """
+    T acc = 0;
+    for (long long ki = 0; ki < kh; ++ki) {
+        const long long r = h + pt - ki, a = r / sh;
+        if (r < 0 || r % sh != 0 || a >= Ho) continue;
+        for (long long kj = 0; kj < kw; ++kj) {
+            const long long s = w + pl - kj, b = s / sw;
+            if (s < 0 || s % sw != 0 || b >= Wo) continue;
+            STATEMENT
+        }
+    }
+    AT(x, n, c, h, w) = acc;""".replace("STATEMENT", statement)
+
+
 # name -> (array parameters, extra scalar parameters, what each thread enumerates, body). A body sees
 # the geometry, the strides ({x}s0..{x}s3 for array x), its output coordinates (n, c, a, b) for a
-# window grid (Ho x Wo) or (n, c, h, w) for an image (H x W), and AT(x, n, c, h, w), x's element.
+# window grid (Ho x Wo) or (n, c, h, w) for an image (H x W), AT(x, n, c, h, w), x's element, and
+# INSIDE(h, w), whether a padded position lies in the image.
 KERNELS = {
     "pool_max": (["const T* x", "T* y"], ["const T pad"], "windows", """
     T m = pad;
     for (long long ki = 0; ki < kh; ++ki)
         for (long long kj = 0; kj < kw; ++kj) {
             const long long h = a * sh + ki - pt, w = b * sw + kj - pl;
-            const T v = (h >= 0 && h < H && w >= 0 && w < W) ? AT(x, n, c, h, w) : pad;
+            const T v = INSIDE(h, w) ? AT(x, n, c, h, w) : pad;
             m = (m != m || v <= m) ? m : v;   // a NaN is the maximum
         }
     AT(y, n, c, a, b) = m;"""),
@@ -48,41 +66,21 @@ KERNELS = {
     long long k = kh * kw - 1;               // the last offset, unless an earlier one holds the maximum
     for (long long q = 0; q < kh * kw - 1; ++q) {
         const long long h = a * sh + q / kw - pt, w = b * sw + q % kw - pl;
-        const T v = (h >= 0 && h < H && w >= 0 && w < W) ? AT(x, n, c, h, w) : pad;
+        const T v = INSIDE(h, w) ? AT(x, n, c, h, w) : pad;
         if (v == m || v != v) { k = q; break; }
     }
     AT(idx, n, c, a, b) = k;"""),
     "pool_gather": (["const T* x", "const long long* idx", "T* y"], [], "windows", """
     const long long k = AT(idx, n, c, a, b);
     const long long h = a * sh + k / kw - pt, w = b * sw + k % kw - pl;
-    AT(y, n, c, a, b) = (h >= 0 && h < H && w >= 0 && w < W) ? AT(x, n, c, h, w) : (T)0;"""),
-    "pool_scatter": (["const T* g", "const long long* idx", "T* x"], [], "image", """
-    T acc = 0;
-    for (long long ki = 0; ki < kh; ++ki) {
-        const long long r = h + pt - ki, a = r / sh;
-        if (r < 0 || r % sh != 0 || a >= Ho) continue;
-        for (long long kj = 0; kj < kw; ++kj) {
-            const long long s = w + pl - kj, b = s / sw;
-            if (s < 0 || s % sw != 0 || b >= Wo) continue;
-            if (AT(idx, n, c, a, b) == ki * kw + kj) acc += AT(g, n, c, a, b);
-        }
-    }
-    AT(x, n, c, h, w) = acc;"""),
+    AT(y, n, c, a, b) = INSIDE(h, w) ? AT(x, n, c, h, w) : (T)0;"""),
+    "pool_scatter": (["const T* g", "const long long* idx", "T* x"], [], "image",
+                     _sum_over_windows("if (AT(idx, n, c, a, b) == ki * kw + kj) acc += AT(g, n, c, a, b);")),
     "im2col": (["const T* x", "T* cols"], [], "patches", """
     const long long h = a * sh + ki - pt, w = b * sw + kj - pl;
-    cols[i] = (h >= 0 && h < H && w >= 0 && w < W) ? AT(x, n, c, h, w) : (T)0;"""),
-    "col2im": (["const T* cols", "T* x"], [], "image", """
-    T acc = 0;
-    for (long long ki = 0; ki < kh; ++ki) {
-        const long long r = h + pt - ki, a = r / sh;
-        if (r < 0 || r % sh != 0 || a >= Ho) continue;
-        for (long long kj = 0; kj < kw; ++kj) {
-            const long long s = w + pl - kj, b = s / sw;
-            if (s < 0 || s % sw != 0 || b >= Wo) continue;
-            acc += cols[((n * Ho + a) * Wo + b) * (kh * kw * C) + (ki * kw + kj) * C + c];
-        }
-    }
-    AT(x, n, c, h, w) = acc;"""),
+    cols[i] = INSIDE(h, w) ? AT(x, n, c, h, w) : (T)0;"""),
+    "col2im": (["const T* cols", "T* x"], [], "image",
+               _sum_over_windows("acc += cols[((n * Ho + a) * Wo + b) * (kh * kw * C) + (ki * kw + kj) * C + c];")),
 }
 
 # the output coordinates of thread i, NHWC order (channels fastest); patches: im2col's (N, Ho*Wo, kh*kw*C) rows
@@ -108,6 +106,7 @@ def cuda_window_source(name, dtype="float32") -> str:
     return "\n".join([
         f"typedef {C_TYPES[str(np.dtype(dtype))]} T;",
         "#define AT(x, n, c, h, w) x[(n) * x##s0 + (c) * x##s1 + (h) * x##s2 + (w) * x##s3]",
+        "#define INSIDE(h, w) ((h) >= 0 && (h) < H && (w) >= 0 && (w) < W)",
         f'extern "C" __global__ void rg_{name}({", ".join(params)})',
         "{",
         "    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
@@ -116,6 +115,7 @@ def cuda_window_source(name, dtype="float32") -> str:
         body.strip("\n"),
         "}",
         "#undef AT",
+        "#undef INSIDE",
     ]) + "\n"
 
 

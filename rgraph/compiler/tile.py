@@ -57,7 +57,7 @@ def tile(module: Module) -> Module:
     for name, outs in module.entries.items():
         mapping = _chains(module, module.nodes([name]), set(module.outputs([name])), backend, per_call=True)
         module.entries[name] = [None if v is None else mapping.get(v, v) for v in outs]
-    module.replace({})
+    module.replace({})   # the passes read the entries rewritten above
     return stage(module)
 
 
