@@ -67,11 +67,13 @@ def host_compiler():
 def _host_library(text):
     key = hashlib.sha1(text.encode()).hexdigest()
     if key not in _BUILD:
-        folder = Path(tempfile.mkdtemp(prefix="rgraph-host-kernels-"))
-        (folder / "k.cpp").write_text(text)
-        subprocess.run([host_compiler(), "-O1", "-shared", "-fPIC", str(folder / "k.cpp"), "-o", str(folder / "k.so")],
-                       check=True, capture_output=True, text=True)
-        _BUILD[key] = ctypes.CDLL(str(folder / "k.so"))
+        # A loaded library stays mapped after its file is deleted, so the folder goes at once.
+        with tempfile.TemporaryDirectory(prefix="rgraph-host-kernels-") as name:
+            folder = Path(name)
+            (folder / "k.cpp").write_text(text)
+            subprocess.run([host_compiler(), "-O1", "-shared", "-fPIC", str(folder / "k.cpp"), "-o", str(folder / "k.so")],
+                           check=True, capture_output=True, text=True)
+            _BUILD[key] = ctypes.CDLL(str(folder / "k.so"))
     return _BUILD[key]
 
 
