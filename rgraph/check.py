@@ -78,6 +78,38 @@ def _central(f, x, direction, h):
     return (np.asarray(f(x + h * direction)) - np.asarray(f(x - h * direction))) / (2 * h)
 
 
+class _Flat:
+    """Packs a list of arrays of fixed shapes into one flat vector and back (finite differences work on it)."""
+
+    def __init__(self, shapes):
+        self.shapes = [tuple(s) for s in shapes]
+        self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+
+    def pack(self, arrays, broadcast=False):
+        """One vector of ``arrays`` (None is the zero); each must have its shape unless ``broadcast``."""
+        return (np.concatenate([np.zeros(s).ravel() if a is None else np.ravel(np.broadcast_to(a, s) if broadcast else a)
+                                for a, s in zip(arrays, self.shapes)]) if arrays else np.zeros(0))
+
+    def unpack(self, flat):
+        bounds = np.cumsum([0] + self.sizes)
+        return [flat[a:b].reshape(s) for a, b, s in zip(bounds, bounds[1:], self.shapes)]
+
+
+def _op_leaves(inputs, rng):
+    """Leaves for ``check_op``'s input specs: (leaves, float points at which to check, feed of integer inputs)."""
+    leaves, points, feed = [], [], {}
+    for i, spec in enumerate(inputs):
+        if isinstance(spec, np.ndarray) and spec.dtype.kind in "iub":
+            v = leaf(INPUT, f"x{i}", spec.shape, "int64" if spec.dtype.kind in "iu" else "bool")
+            feed[v] = spec
+        else:
+            point = np.array(spec, dtype=np.float64) if isinstance(spec, np.ndarray) else rng.standard_normal(spec)
+            v = leaf(PARAM, f"x{i}", point.shape)
+            points.append(point)
+        leaves.append(v)
+    return leaves, points, feed
+
+
 def check_op(op_or_builder, *inputs, seed=0, rtol=1e-6, atol=1e-8, h=1e-5, second_order=True,
              raise_on_fail=True, **attrs) -> Report:
     """Check an op's rules in float64 against central finite differences.
@@ -92,67 +124,80 @@ def check_op(op_or_builder, *inputs, seed=0, rtol=1e-6, atol=1e-8, h=1e-5, secon
         True
     """
     rng = np.random.default_rng(seed)
-    build = op_or_builder
     subject = getattr(op_or_builder, "name", None) or getattr(op_or_builder, "__name__", "op")
-    points, leaves, feed = [], [], {}
-    for i, spec in enumerate(inputs):
-        if isinstance(spec, np.ndarray) and spec.dtype.kind in "iub":
-            v = leaf(INPUT, f"x{i}", spec.shape, "int64" if spec.dtype.kind in "iu" else "bool")
-            feed[v] = spec
-        else:
-            point = np.array(spec, dtype=np.float64) if isinstance(spec, np.ndarray) else rng.standard_normal(spec)
-            v = leaf(PARAM, f"x{i}", point.shape)
-            points.append(point)
-        leaves.append(v)
-    y = build(*leaves, **attrs)
+    leaves, points, feed = _op_leaves(inputs, rng)
+    y = op_or_builder(*leaves, **attrs)
     report = Report(f"op {subject!r}")
     params = [v for v in leaves if v.op is PARAM]
     if not y.type.is_float or not params:
         return report
-    sizes = [p.size for p in points]
+    flat = _Flat([p.shape for p in points])
 
-    def pack(arrays):
-        return np.concatenate([np.ravel(a) for a in arrays]) if arrays else np.zeros(0)
+    def at(nodes, x, shape=None):
+        """The interpreter's values of ``nodes`` with the parameters at flat ``x``; with ``shape``, one
+        node's value broadcast to it (a None node is the zero)."""
+        values = None if nodes is None else evaluate(nodes, {**feed, **dict(zip(params, flat.unpack(x)))})
+        return values if shape is None else np.broadcast_to(np.zeros(()) if values is None else values, shape)
 
-    def unpack(flat):
-        out, off = [], 0
-        for p in points:
-            out.append(flat[off:off + p.size].reshape(p.shape))
-            off += p.size
-        return out
-
-    def f(x):
-        return evaluate(y, {**feed, **dict(zip(params, unpack(x)))})
-
-    x0 = pack(points)
-    U = rng.standard_normal(np.shape(f(x0)))
+    x0 = flat.pack(points)
+    U = rng.standard_normal(np.shape(at(y, x0)))
     V = rng.standard_normal(x0.size)
-    u_const = constant(U)
-    cts = vjp_sweep([y], [u_const], params, pass_name="check")
-    tangents = dict(zip(params, [constant(t) for t in unpack(V)]))
+    cts = vjp_sweep([y], [constant(U)], params, pass_name="check")
+    tangents = dict(zip(params, [constant(t) for t in flat.unpack(V)]))
     (jv,) = rop_sweep([y], tangents, pass_name="check")
     (jv_t,) = rop_sweep([y], tangents, pass_name="check", transposed=True)
 
     def vjp_at(x):
-        vals = evaluate(cts, {**feed, **dict(zip(params, unpack(x)))})
-        return pack([np.zeros(p.shape) if c is None else c for c, p in zip(vals, points)])
+        return flat.pack(at(cts, x))
 
-    def jv_at(node, x):
-        out = evaluate(node, {**feed, **dict(zip(params, unpack(x)))}) if node is not None else None
-        return np.zeros(np.shape(U)) if out is None else np.broadcast_to(out, np.shape(U))
-
-    fd_grad = np.array([_central(lambda x: np.sum(U * f(x)), x0, e, h) for e in np.eye(x0.size)])
+    fd_grad = np.array([_central(lambda x: np.sum(U * at(y, x)), x0, e, h) for e in np.eye(x0.size)])
     report.add("vjp vs finite differences", vjp_at(x0), fd_grad, rtol, atol)
-    fd_jv = _central(f, x0, V, h)
-    report.add("rop vs finite differences", jv_at(jv, x0), fd_jv, rtol, atol)
-    report.add("rop vs rop through two vjps", jv_at(jv, x0), jv_at(jv_t, x0), rtol, atol)
-    report.add("dot test <u, Jv> = <J^T u, v>", np.sum(U * jv_at(jv, x0)), V @ vjp_at(x0), rtol, atol)
+    report.add("rop vs finite differences", at(jv, x0, U.shape), _central(lambda x: at(y, x), x0, V, h), rtol, atol)
+    report.add("rop vs rop through two vjps", at(jv, x0, U.shape), at(jv_t, x0, U.shape), rtol, atol)
+    report.add("dot test <u, Jv> = <J^T u, v>", np.sum(U * at(jv, x0, U.shape)), V @ vjp_at(x0), rtol, atol)
     if second_order:
-        hv_nodes = rop_sweep([c for c in cts], tangents, pass_name="check")
-        got = pack([np.zeros(p.shape) if n is None else np.broadcast_to(
-            evaluate(n, {**feed, **dict(zip(params, unpack(x0)))}), p.shape) for n, p in zip(hv_nodes, points)])
+        got = flat.pack(at(rop_sweep(cts, tangents, pass_name="check"), x0), broadcast=True)
         report.add("second order: R{vjp} vs finite differences", got, _central(vjp_at, x0, V, h), rtol * 10, atol * 10)
     return report.raise_if_failed() if raise_on_fail else report
+
+
+def _random_batch(graph, batch_size, rng):
+    """Standard normal float inputs; integer inputs (labels) drawn in [0, z.shape[-1])."""
+    batch = {}
+    for name, x in graph.inputs.items():
+        shape = tuple(batch_size if d is None else d for d in x.shape)
+        batch[name] = rng.integers(0, graph.z.shape[-1], shape) if x.dtype == "int64" else rng.standard_normal(shape)
+    return batch
+
+
+class _Interpreted:
+    """The graph's loss, output z, gradient and dloss/dz as functions of flat parameters (or of z), each
+    by the reference interpreter on one batch: what ``check_graph`` differentiates numerically."""
+
+    def __init__(self, graph, prog, batch):
+        from .autodiff import derive
+        self.graph, self.prog = graph, prog
+        self.data = {x: batch[name] for name, x in graph.inputs.items()}
+        self.derived = derive(graph)
+        (self.dloss_dz,) = vjp_sweep([graph.loss], [constant(1.0)], [graph.z])
+
+    def feed(self, t):
+        views = self.prog.view(t)
+        return {**self.data, **{p: views[p.name] for p in self.derived.params}}
+
+    def loss(self, t):
+        return float(evaluate(self.graph.loss, self.feed(t))) + 0.5 * self.graph.l2 * float(t @ t)
+
+    def z(self, t):
+        return np.asarray(evaluate(self.graph.z, self.feed(t))).ravel()
+
+    def grad(self, t):
+        grads = evaluate(self.derived.outputs["grad"], self.feed(t))
+        return np.concatenate([np.zeros(p.shape).ravel() if g is None else np.ravel(g)
+                               for g, p in zip(grads, self.derived.params)]) + self.graph.l2 * t
+
+    def dloss_dz_at(self, z):
+        return np.ravel(evaluate(self.dloss_dz, {**self.data, self.graph.z: z}))
 
 
 def check_graph(graph, batch=None, *, theta=None, seed=0, batch_size=3, rtol=1e-6, atol=1e-8, h=1e-5,
@@ -164,53 +209,24 @@ def check_graph(graph, batch=None, *, theta=None, seed=0, batch_size=3, rtol=1e-
     that G is symmetric positive semi-definite and H symmetric. Integer inputs (labels) are drawn in
     [0, z.shape[-1]) unless a ``batch`` is given.
     """
-    from .autodiff import derive
     from .compiler import compile
     rng = np.random.default_rng(seed)
     prog = compile(graph, dtype="float64")
     if theta is None:
         theta = prog.init_params(seed) + 0.1 * rng.standard_normal(prog.size)
     if batch is None:
-        batch = {}
-        for name, x in graph.inputs.items():
-            shape = tuple(batch_size if d is None else d for d in x.shape)
-            batch[name] = (rng.integers(0, graph.z.shape[-1], shape) if x.dtype == "int64"
-                           else rng.standard_normal(shape))
+        batch = _random_batch(graph, batch_size, rng)
     st = prog.bind(theta, batch)
-    P, l2 = prog.size, graph.l2
-    ref = derive(graph)
-    params = ref.params
-    feed_data = {x: batch[name] for name, x in graph.inputs.items()}
-
-    def feed(t):
-        views = prog.view(t)
-        return {**feed_data, **{p: views[p.name] for p in params}}
-
-    def loss_at(t):
-        return float(evaluate(graph.loss, feed(t))) + 0.5 * l2 * float(t @ t)
-
-    def z_at(t):
-        return np.asarray(evaluate(graph.z, feed(t))).ravel()
-
-    def grad_at(t):
-        vals = evaluate(ref.outputs["grad"], feed(t))
-        return np.concatenate([np.zeros(p.shape).ravel() if g is None else np.ravel(g)
-                               for g, p in zip(vals, params)]) + l2 * t
-
-    (dloss_dz,) = vjp_sweep([graph.loss], [constant(1.0)], [graph.z])
-    z0 = np.asarray(st.output)
-
-    def dldz_at(zflat):
-        return np.ravel(evaluate(dloss_dz, {**feed_data, graph.z: zflat.reshape(z0.shape)}))
-
-    eye = np.eye(P)
+    ref, z0 = _Interpreted(graph, prog, batch), np.asarray(st.output)
+    eye, l2 = np.eye(prog.size), graph.l2
     report = Report(f"graph {graph.name!r}")
-    report.add("loss vs interpreter", st.loss, loss_at(theta), rtol, atol)
+    report.add("loss vs interpreter", st.loss, ref.loss(theta), rtol, atol)
     report.add("grad vs finite differences of the loss",
-               st.grad, np.array([_central(loss_at, theta, e, h) for e in eye]), rtol, atol)
-    J = np.stack([_central(z_at, theta, e, h) for e in eye], axis=1)
-    B = np.stack([_central(dldz_at, z0.ravel(), e, h) for e in np.eye(z0.size)], axis=1)
-    H = np.stack([_central(grad_at, theta, e, h) for e in eye], axis=1)
+               st.grad, np.array([_central(ref.loss, theta, e, h) for e in eye]), rtol, atol)
+    J = np.stack([_central(ref.z, theta, e, h) for e in eye], axis=1)
+    B = np.stack([_central(lambda z: ref.dloss_dz_at(z.reshape(z0.shape)), z0.ravel(), e, h)
+                  for e in np.eye(z0.size)], axis=1)
+    H = np.stack([_central(ref.grad, theta, e, h) for e in eye], axis=1)
     J_prog = np.stack([np.ravel(st.jv(e)) for e in eye], axis=1)
     JT_prog = np.stack([st.jtu(e.reshape(z0.shape)) for e in np.eye(z0.size)], axis=1)
     G_prog = np.stack([st.gv(e) for e in eye], axis=1)
@@ -224,7 +240,6 @@ def check_graph(graph, batch=None, *, theta=None, seed=0, batch_size=3, rtol=1e-
     min_eig = float(np.linalg.eigvalsh(0.5 * (G_prog + G_prog.T)).min())
     report.add("G positive semi-definite (min eigenvalue >= 0)", min(min_eig - l2, 0.0), 0.0, rtol,
                atol * max(1.0, float(np.abs(G_prog).max())))
-    u = rng.standard_normal(z0.shape)
-    v = rng.standard_normal(P)
+    u, v = rng.standard_normal(z0.shape), rng.standard_normal(prog.size)
     report.add("<u, J v> = <J^T u, v>", np.sum(u * st.jv(v)), st.jtu(u) @ v, rtol, atol)
     return report.raise_if_failed() if raise_on_fail else report

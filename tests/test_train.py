@@ -68,6 +68,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(tmp_path, monk
     assert os.listdir(tmp_path) == ["checkpoint.pkl"]
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")  # lr 1e300 means to overflow
 def test_rejected_non_finite_steps_never_reach_the_checkpoint(tmp_path):
     ds = data.load("digits")
     theta, history = training.train(nn.small_cnn(l2=1e-4), ds, "sgd", epochs=1, batch_size=512, settings={"lr": 1e300},
