@@ -164,71 +164,94 @@ def train(graph, dataset, optimizer="fitre", *, epochs=10, batch_size=128, seed=
 
         >>> theta, history = train(nn.small_cnn(l2=1e-4), data.load("digits"), "fitre", epochs=1)
     """
-    if graph.inputs["x"].ndim == 2:           # MLPs take flat inputs, CNNs N x C x H x W
-        dataset = dataset.flat()
-    prog = compile(graph, backend=backend, dtype=dtype)
-    settings = {**OPTIMIZER_DEFAULTS.get(optimizer, {}), **(settings or {})}
-    if optimizer in ("fitre", "kfac", "newton-cg"):
-        settings.setdefault("seed", seed)
-    opt = make_optimizer(optimizer, prog, **settings)
-    asarray = lambda a: prog.backend.asarray(a)  # noqa: E731
-    x_train, y_train = asarray(dataset.x_train.astype(dtype)), asarray(dataset.y_train)
-    x_test, y_test = asarray(dataset.x_test.astype(dtype)), asarray(dataset.y_test)
-    theta, start_epoch, start_batch, history, elapsed = prog.init_params(seed), 0, 0, [], 0.0
-    ckpt = os.path.join(out, "checkpoint.pkl") if out else None
-    config = {"model": graph.name, "dataset": dataset.name, "optimizer": optimizer, "settings": opt.settings,
-              "epochs": epochs, "batch_size": batch_size, "seed": seed, "dtype": dtype, "backend": backend,
-              "parameters": prog.size, "l2": graph.l2}
+    run = _Run(graph, dataset, optimizer, epochs=epochs, batch_size=batch_size, seed=seed, out=out, dtype=dtype,
+               backend=backend, settings=settings)
     if resume:
-        if not ckpt or not os.path.exists(ckpt):
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt!r}")
-        state = load_checkpoint(ckpt)
-        _same_run(state.get("config", {}), config)
-        theta = asarray(state["theta"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, start_batch, history, elapsed = state["epoch"], state["batch"], state["history"], state["elapsed"]
-    if out:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump(config, f, indent=2, default=str)
-        _write_metrics(out, history)
+        run.restore()
+    run.start_files()
+    for epoch in range(run.start_epoch, epochs):
+        log(format_record(run.epoch(epoch, progress, checkpoint_every)))
+    if out and run.history:
+        plot_curves(run.history, os.path.join(out, "curves.png"), title=f"{graph.name} / {optimizer}")
+    return run.prog.backend.to_host(run.theta), run.history
 
-    def checkpoint(epoch, batch, elapsed):
-        host = prog.backend.to_host(theta)
+
+class _Run:
+    """One training run's state (program, optimiser, data on the backend, parameters, position, history)
+    and the files it keeps in ``out``."""
+
+    def __init__(self, graph, dataset, optimizer, *, epochs, batch_size, seed, out, dtype, backend, settings):
+        if graph.inputs["x"].ndim == 2:           # MLPs take flat inputs, CNNs N x C x H x W
+            dataset = dataset.flat()
+        self.prog = prog = compile(graph, backend=backend, dtype=dtype)
+        settings = {**OPTIMIZER_DEFAULTS.get(optimizer, {}), **(settings or {})}
+        if optimizer in ("fitre", "kfac", "newton-cg"):
+            settings.setdefault("seed", seed)
+        self.opt = make_optimizer(optimizer, prog, **settings)
+        self.optimizer, self.batch_size, self.seed, self.out = optimizer, batch_size, seed, out
+        put = prog.backend.asarray
+        self.train_set = put(dataset.x_train.astype(dtype)), put(dataset.y_train)
+        self.test_set = put(dataset.x_test.astype(dtype)), put(dataset.y_test)
+        self.theta, self.start_epoch, self.start_batch, self.history, self.elapsed = prog.init_params(seed), 0, 0, [], 0.0
+        self.ckpt = os.path.join(out, "checkpoint.pkl") if out else None
+        self.config = {"model": graph.name, "dataset": dataset.name, "optimizer": optimizer,
+                       "settings": self.opt.settings, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+                       "dtype": dtype, "backend": backend, "parameters": prog.size, "l2": graph.l2}
+
+    def restore(self):
+        """Continue from the checkpoint in ``out``, which must be of this very run (ResumeError if not)."""
+        if not self.ckpt or not os.path.exists(self.ckpt):
+            raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt!r}")
+        state = load_checkpoint(self.ckpt)
+        _same_run(state.get("config", {}), self.config)
+        self.theta = self.prog.backend.asarray(state["theta"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.start_epoch, self.start_batch = state["epoch"], state["batch"]
+        self.history, self.elapsed = state["history"], state["elapsed"]
+
+    def start_files(self):
+        if self.out:
+            os.makedirs(self.out, exist_ok=True)
+            with open(os.path.join(self.out, "config.json"), "w") as f:
+                json.dump(self.config, f, indent=2, default=str)
+            _write_metrics(self.out, self.history)
+
+    def checkpoint(self, epoch, batch, elapsed):
+        host = self.prog.backend.to_host(self.theta)
         if not finite(host):                  # the optimisers reject such steps; this guards the file regardless
             raise NonFiniteParameters(f"parameters are not finite at epoch {epoch + 1}, batch {batch}; "
-                                      f"the checkpoint {ckpt} keeps the last finite ones")
-        save_checkpoint(ckpt, {"theta": host, "optimizer": opt.state_dict(), "epoch": epoch, "batch": batch,
-                               "history": history, "elapsed": elapsed, "config": config,
-                               "rng": {"batch_order": [seed, epoch], "optimizer_step": opt.steps}})
+                                      f"the checkpoint {self.ckpt} keeps the last finite ones")
+        save_checkpoint(self.ckpt, {"theta": host, "optimizer": self.opt.state_dict(), "epoch": epoch, "batch": batch,
+                                    "history": self.history, "elapsed": elapsed, "config": self.config,
+                                    "rng": {"batch_order": [self.seed, epoch], "optimizer_step": self.opt.steps}})
 
-    n_batches = datasets.num_batches(len(y_train), batch_size)
-    for epoch in range(start_epoch, epochs):
+    def epoch(self, epoch, progress, checkpoint_every):
+        """One epoch of steps (from the restored batch on a resumed first epoch), then its evaluation,
+        metrics line and checkpoint; returns the epoch's record."""
         t0, step_stats = time.perf_counter(), []
-        batches = datasets.batches(x_train, y_train, batch_size, seed=seed, epoch=epoch, start=start_batch)
-        for k, batch in enumerate(_progress(batches, n_batches - start_batch, progress, f"epoch {epoch + 1}"),
-                                  start=start_batch):
-            theta, stats = opt.step(theta, batch)
-            if not finite(theta):
-                raise NonFiniteParameters(f"optimizer {optimizer!r} returned non-finite parameters at epoch "
+        x, y = self.train_set
+        n_batches = datasets.num_batches(len(y), self.batch_size)
+        batches = datasets.batches(x, y, self.batch_size, seed=self.seed, epoch=epoch, start=self.start_batch)
+        for k, batch in enumerate(_progress(batches, n_batches - self.start_batch, progress, f"epoch {epoch + 1}"),
+                                  start=self.start_batch):
+            self.theta, stats = self.opt.step(self.theta, batch)
+            if not finite(self.theta):
+                raise NonFiniteParameters(f"optimizer {self.optimizer!r} returned non-finite parameters at epoch "
                                           f"{epoch + 1}, batch {k + 1} (stats {stats}); nothing was saved")
             step_stats.append(stats)
-            if ckpt and checkpoint_every and (k + 1) % checkpoint_every == 0 and k + 1 < n_batches:
-                checkpoint(epoch, k + 1, elapsed + time.perf_counter() - t0)
-        start_batch = 0
-        elapsed += time.perf_counter() - t0
-        test_loss, test_acc = evaluate(prog, theta, x_test, y_test)
-        record = {"epoch": epoch + 1, **_epoch_figures(step_stats), "test_loss": test_loss, "test_accuracy": test_acc,
-                  "time": elapsed, "steps": opt.steps}
-        history.append(record)
-        log(format_record(record))
-        if out:
-            with open(os.path.join(out, "metrics.jsonl"), "a") as f:
+            if self.ckpt and checkpoint_every and (k + 1) % checkpoint_every == 0 and k + 1 < n_batches:
+                self.checkpoint(epoch, k + 1, self.elapsed + time.perf_counter() - t0)
+        self.start_batch = 0
+        self.elapsed += time.perf_counter() - t0
+        test_loss, test_acc = evaluate(self.prog, self.theta, *self.test_set)
+        record = {"epoch": epoch + 1, **_epoch_figures(step_stats), "test_loss": test_loss,
+                  "test_accuracy": test_acc, "time": self.elapsed, "steps": self.opt.steps}
+        self.history.append(record)
+        if self.out:
+            with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
-            checkpoint(epoch + 1, 0, elapsed)
-    if out and history:
-        plot_curves(history, os.path.join(out, "curves.png"), title=f"{graph.name} / {optimizer}")
-    return prog.backend.to_host(theta), history
+            self.checkpoint(epoch + 1, 0, self.elapsed)
+        return record
 
 
 def format_record(r):
