@@ -17,6 +17,9 @@ from .program import Program
 from .check import check_graph, check_op, evaluate
 from . import nn
 from .viz import to_dot
+from .op import BUILTIN as _BUILTIN
+
+_BUILTIN.update(REGISTRY)   # the ops registered so far are rgraph's own
 
 __version__ = "0.1.0"
 __all__ = ["Graph", "Type", "Value", "Op", "Elementwise", "elementwise", "register", "REGISTRY", "E", "ops",

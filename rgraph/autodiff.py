@@ -44,6 +44,15 @@ def fit(v: Value | None, target: Type) -> Value | None:
     return v
 
 
+def _fitted(node, rule, what, value, target):
+    """fit, with a shape mismatch blamed on the rule that made it."""
+    try:
+        return fit(value, target)
+    except ShapeError:
+        raise RuleError(f"op {node.op.name!r}: its {rule} rule returned shape {fmt_shape(value.shape)} for {what}, "
+                        f"which is shaped {fmt_shape(target.shape)} (node {node.label})") from None
+
+
 def _differentiable(v: Value) -> bool:
     return v.type.is_float
 
@@ -66,9 +75,12 @@ def vjp_sweep(outputs, cotangents, wrt, *, pass_name="grad"):
         except RuleError as e:
             raise RuleError(f"{e} (node {node.label}, {node.type}); the {pass_name!r} pass needs it") from None
         _check_rule_output(node, grads, "vjp")
+        if len(grads) != len(node.inputs):
+            raise RuleError(f"op {node.op.name!r}: its vjp returned {len(grads)} cotangents for {len(node.inputs)} "
+                            f"inputs (one per input, None for none; node {node.label})")
         for i, (inp, gi) in enumerate(zip(node.inputs, grads, strict=True)):
             if gi is not None and inp in between and _differentiable(inp) and i not in node.op.nondiff:
-                cts.setdefault(inp, []).append(fit(gi, inp.type))
+                cts.setdefault(inp, []).append(_fitted(node, "vjp", f"input {i}", gi, inp.type))
     return [_sum(cts.get(w, [])) for w in wrt]
 
 
@@ -81,7 +93,7 @@ def rop_sweep(outputs, seeds: dict, *, tag=None, pass_name="jv", transposed=Fals
     """
     tangents = dict(seeds)
     needed = _differentiably_needed(outputs, seeds)
-    for node in topo_order(outputs, stop=seeds):
+    for node in topo_order([o for o in outputs if o is not None], stop=seeds):   # None: a zero output
         if node in tangents or node.is_leaf or node not in needed:
             continue
         ts = [tangents.get(i) if _differentiable(i) and k not in node.op.nondiff else None
@@ -94,7 +106,7 @@ def rop_sweep(outputs, seeds: dict, *, tag=None, pass_name="jv", transposed=Fals
             except RuleError as e:
                 raise RuleError(f"{e} (node {node.label}, {node.type}); the {pass_name!r} pass needs it") from None
             _check_rule_output(node, [r], "rop")
-            r = fit(r, node.type)
+            r = _fitted(node, "rop", "its output", r, node.type)
         if r is not None:
             tangents[node] = r
     return [tangents.get(o) for o in outputs]
@@ -156,6 +168,7 @@ def derive(graph, *, transposed=False) -> Passes:
     params = list(graph.params.values())
     if not params:
         raise RuleError(f"graph {graph.name!r} has no parameters to differentiate")
+    _require_loss_through_output(graph, params)
     v = [leaf(TANGENT, f"v[{p.name}]", p.shape) for p in params]
     u = leaf(COTANGENT, "u", graph.z.shape)
     P = Passes(graph, params, v, u)
@@ -184,6 +197,16 @@ def derive(graph, *, transposed=False) -> Passes:
         cts = vjp_sweep([z], [u], [layer.output for layer in P.layers], pass_name="taps")
     P.outputs["taps"] = [layer.input for layer in P.layers] + cts
     return P
+
+
+def _require_loss_through_output(graph, params):
+    """Gauss-Newton products G = J^T B J + l2 I hold for a loss L(z(theta)) only: a parameter that reaches
+    the loss other than through the output z would be silently left out of gv, so it is refused."""
+    direct = [p.name for p in params if p in set(topo_order([graph.loss], stop=[graph.z]))]
+    if direct:
+        raise RuleError(f"graph {graph.name!r}: parameter(s) {direct} reach the loss other than through the output "
+                        f"z (g.output), so Gauss-Newton products would leave them out; make them part of z, and "
+                        f"give weight decay as g.set_loss(loss, l2=...)")
 
 
 @dataclass(frozen=True)

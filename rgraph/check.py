@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .autodiff import rop_sweep, vjp_sweep
-from .errors import CheckError
+from .errors import CheckError, RuleError, fmt_shape
 from .graph import CONST, FLOAT, INPUT, PARAM, Value, constant, leaf, topo_order
 
 
@@ -36,9 +36,23 @@ def evaluate(outputs, feed: dict, dtype="float64"):
         else:
             attrs = {k: (tuple(n if d is None else d for d in v) if k == "shape" else
                          dtype if (k == "dtype" and v == FLOAT) else v) for k, v in node.attrs.items()}
-            vals[node] = node.op.forward(np, *[vals[i] for i in node.inputs], **attrs)
+            vals[node] = _checked(node, node.op.forward(np, *[vals[i] for i in node.inputs], **attrs), n, dtype)
     results = [None if o is None else vals[o] for o in outs]
     return results[0] if single else results
+
+
+def _checked(node, result, n, dtype):
+    """A kernel's result, refused where it disagrees with the node's type (the op's shape rule, infer)."""
+    want = tuple(n if d is None else d for d in node.shape)
+    got_dtype = getattr(result, "dtype", None)
+    if np.shape(result) != want:
+        raise RuleError(f"op {node.op.name!r}: forward returned shape {np.shape(result)} at node {node.label}, but "
+                        f"its shape rule (infer) gives {fmt_shape(node.shape)}"
+                        + (f" = {want}" if None in node.shape else ""))
+    if node.dtype == FLOAT and got_dtype != dtype:
+        raise RuleError(f"op {node.op.name!r}: forward returned dtype {got_dtype} at node {node.label} in a {dtype} "
+                        f"evaluation (compute in the inputs' dtype)")
+    return result
 
 
 @dataclass
@@ -201,17 +215,22 @@ class _Interpreted:
 
 
 def check_graph(graph, batch=None, *, theta=None, seed=0, batch_size=3, rtol=1e-6, atol=1e-8, h=1e-5,
-                raise_on_fail=True) -> Report:
+                raise_on_fail=True, max_size=2000) -> Report:
     """Check every derived pass of ``graph`` (float64) against dense J, B and H built column by column.
 
     References: the gradient by central differences of the interpreted loss; J by differences of the
     interpreted output z; B by differences of dloss/dz; H by differences of the gradient. Also checks
     that G is symmetric positive semi-definite and H symmetric. Integer inputs (labels) are drawn in
-    [0, z.shape[-1]) unless a ``batch`` is given.
+    [0, z.shape[-1]) unless a ``batch`` is given. The matrices are P x P for P parameters, so a graph
+    with more than ``max_size`` is refused (check a small instance of the architecture instead).
     """
     from .compiler import compile
     rng = np.random.default_rng(seed)
     prog = compile(graph, dtype="float64")
+    if prog.size > max_size:
+        raise ValueError(f"check_graph builds dense {prog.size} x {prog.size} matrices, a pass per column, for graph "
+                         f"{graph.name!r}: check a smaller instance of it (at most max_size={max_size} parameters), "
+                         f"or raise max_size")
     if theta is None:
         theta = prog.init_params(seed) + 0.1 * rng.standard_normal(prog.size)
     if batch is None:

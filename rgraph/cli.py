@@ -114,6 +114,16 @@ def _shape(text: str) -> tuple:
     return shape
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _attr(text: str):
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -146,8 +156,16 @@ def cmd_show(args) -> int:
         target = rg.compile(graph, dtype=args.dtype, until=args.until)
     else:
         target = _compile(graph, args.dtype)
+    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise UsageError(f"the folder of {args.output!r} does not exist")
     if args.text:
-        print(viz.text(target, args.pass_))
+        listing = viz.text(target, args.pass_)
+        if not args.output:
+            print(listing)
+            return 0
+        with open(args.output, "w") as f:
+            f.write(listing + "\n")
+        print(f"wrote {args.output} ({graph.name}, {args.pass_} pass listing)")
         return 0
     if not args.output:
         raise UsageError("give an output file with -o FILE (.svg, .png, .pdf or .dot), or --text for a listing")
@@ -246,6 +264,7 @@ def cmd_check_op(args) -> int:
     print(report)
     if not report.rows:
         print("  (nothing to check: no float output or no float input)")
+        return 0
     if report.ok:
         print(f"all {len(report.rows)} checks passed")
         return 0
@@ -371,7 +390,7 @@ def make_parser() -> argparse.ArgumentParser:
                        + ") or path/to/file.py:function returning a Graph")
         q.add_argument("--dtype", default="float64", choices=["float32", "float64"], help="default %(default)s")
         q.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="input shape for zoo models (no batch axis)")
-        q.add_argument("--num-classes", type=int, help="number of classes for zoo models")
+        q.add_argument("--num-classes", type=_positive, help="number of classes for zoo models")
         q.add_argument("--l2", type=float, help="l2 coefficient for zoo models")
 
     fmt = argparse.RawDescriptionHelpFormatter
@@ -387,7 +406,7 @@ def make_parser() -> argparse.ArgumentParser:
     model_args(q)
     q.add_argument("--pass", dest="pass_", default="hv", metavar="PASS",
                    help=f"one of {', '.join(PASS_NAMES)} (default %(default)s)")
-    q.add_argument("-o", "--output", metavar="FILE", help="where to write the drawing")
+    q.add_argument("-o", "--output", metavar="FILE", help="where to write the drawing (or, with --text, the listing)")
     q.add_argument("--text", action="store_true", help="print a listing (one line per instruction) instead")
     q.add_argument("--collapse", nargs="?", const="chains", choices=["chains", "layers"],
                    help="chains (the default when given): fold elementwise and shape-op chains into single boxes; "
@@ -401,7 +420,7 @@ def make_parser() -> argparse.ArgumentParser:
                 description="Per pass and stage: GEMMs, FLOPs, bytes moved and peak memory of one call, and "
                             "the ratio of a call's FLOPs to a gradient's (from Program.cost).")
     model_args(q)
-    q.add_argument("--batch", type=int, default=128, metavar="N", help="batch size (default %(default)s)")
+    q.add_argument("--batch", type=_positive, default=128, metavar="N", help="batch size (default %(default)s)")
     q.add_argument("--pass", dest="passes", action="append", metavar="PASS",
                    help=f"only these passes (repeatable; default all of {', '.join(COST_PASSES)})")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -438,6 +457,14 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:   # output piped into `head` and the like: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
         return cmd_train(argv[1:])

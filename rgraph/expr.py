@@ -13,6 +13,7 @@ and prints them for each backend from a printer table (NumPy source, numexpr str
 from __future__ import annotations
 
 import math
+import operator
 
 __all__ = ["Expr", "E", "var", "const", "where", "diff", "evaluate", "render", "variables", "subexpressions",
            "operations", "PRINTERS"]
@@ -47,11 +48,25 @@ class Expr:
     def __truediv__(self, other): return div(self, lift(other))
     def __rtruediv__(self, other): return div(lift(other), self)
     def __pow__(self, other): return power(self, lift(other))
+    def __rpow__(self, other): return power(lift(other), self)
     def __neg__(self): return neg(self)
+    def __abs__(self): return E.abs(self)
     def __lt__(self, other): return compare("lt", self, lift(other))
     def __le__(self, other): return compare("le", self, lift(other))
     def __gt__(self, other): return compare("gt", self, lift(other))
     def __ge__(self, other): return compare("ge", self, lift(other))
+
+    def __bool__(self):
+        raise TypeError("a scalar expression has no truth value, so Python's if/and/or/not cannot branch on it "
+                        "(the op would silently take one branch); use E.where(cond, a, b), E.maximum or E.minimum")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """NumPy's functions on an expression (np.exp(x)) mean E's, where E has them."""
+        fn = _numpy_function(ufunc.__name__) if method == "__call__" else None
+        if fn is None or kwargs:
+            raise TypeError(f"np.{ufunc.__name__} is not a scalar-expression function; use +, -, *, /, **, "
+                            f"comparisons and E.{', E.'.join(E_FUNCTIONS)}")
+        return fn(*inputs)
 
     def __repr__(self):
         return render(self, "numpy")
@@ -185,6 +200,19 @@ class E:
     def minimum(a, b):
         a, b = lift(a), lift(b)
         return where(a < b, a, b)
+
+
+E_FUNCTIONS = ("exp", "log", "log1p", "sqrt", "tanh", "sigmoid", "abs", "sign", "where", "maximum", "minimum")
+NUMPY_OPERATORS = {"add": operator.add, "subtract": operator.sub, "multiply": operator.mul, "divide": operator.truediv,
+                   "power": operator.pow, "negative": operator.neg, "absolute": abs, "less": operator.lt,
+                   "less_equal": operator.le, "greater": operator.gt, "greater_equal": operator.ge}
+
+
+def _numpy_function(name):
+    """The expression function standing for NumPy's ufunc ``name``, or None."""
+    if name in NUMPY_OPERATORS:
+        return NUMPY_OPERATORS[name]
+    return getattr(E, name) if name in E_FUNCTIONS else None
 
 
 # --- differentiation: one line per primitive, d(e)/d(name) given d(args) ---

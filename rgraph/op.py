@@ -52,10 +52,17 @@ from .graph import COTANGENT, FLOAT, Type, Value, constant, leaf, topo_order
 REGISTRY: dict[str, "Op"] = {}
 
 
+BUILTIN: set[str] = set()   # names of the ops rgraph itself registers (filled by ``import rgraph``)
+
+
 def register(op: "Op") -> "Op":
-    """Add ``op`` to the registry that ``rgraph ops`` and the tools list."""
-    if op.name in REGISTRY and REGISTRY[op.name] is not op:
-        raise ValueError(f"an op named {op.name!r} is already registered")
+    """Add ``op`` to the registry that ``rgraph ops`` and the tools list. A user op's name may be
+    registered again (a notebook cell run twice): the new op replaces the old in the registry, while
+    graphs built with the old one keep it. A built-in op's name is refused."""
+    if not isinstance(op.name, str) or not op.name.isidentifier():
+        raise ValueError(f"an op's name must be an identifier (letters, digits, _), got {op.name!r}")
+    if op.name in BUILTIN and REGISTRY[op.name] is not op:
+        raise ValueError(f"{op.name!r} is a built-in op; give yours another name")
     REGISTRY[op.name] = op
     return op
 

@@ -76,15 +76,18 @@ class Program:
     # --- binding ----------------------------------------------------------------------------------
 
     def bind(self, theta, batch: dict) -> "State":
-        """Run the forward pass and loss on ``batch`` at ``theta``; the rest is computed on demand."""
+        """Run the forward pass and loss on ``batch`` at ``theta``; the rest is computed on demand. The
+        state keeps its own copy of theta, so an optimiser updating theta in place leaves it consistent."""
         self._check_flat(theta, "theta")
         if not bool(self.xp.isfinite(theta).all()):
             raise BindError("theta holds non-finite values")
+        theta = theta.copy()
         n = self._batch_size(batch)
         vals = [None] * len(self._nodes)
         for name, p in zip(self.layout, self.params):
-            off, shape = self.layout[name]
-            vals[self._slot[p]] = theta[off:off + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+            if p in self._slot:   # a parameter the loss does not read has no node (its gradient is l2 theta)
+                off, shape = self.layout[name]
+                vals[self._slot[p]] = theta[off:off + int(np.prod(shape, dtype=np.int64))].reshape(shape)
         for x in self._leaves[INPUT]:
             vals[self._slot[x]] = self._check_input(x, batch[x.name], n)
         for c in self._leaves[CONST]:
@@ -99,6 +102,11 @@ class Program:
         if missing or unknown:
             raise BindError(f"graph {self.graph.name!r}: batch is missing inputs {missing}" if missing
                             else f"graph {self.graph.name!r}: batch has unknown inputs {unknown}; inputs are {sorted(self.graph.inputs)}")
+        for name in sorted(names):
+            x, a = self.graph.inputs[name], batch[name]
+            if np.ndim(a) != x.ndim:   # before comparing batch sizes, which a missing axis would garble
+                raise BindError(f"input {name!r}: expected shape {fmt_shape(x.shape)} ({x.ndim} {'axes' if x.ndim > 1 else 'axis'}, the first the "
+                                f"batch), got shape {np.shape(a)}")
         sizes = {name: np.shape(batch[name])[0] for name in names if np.ndim(batch[name]) > 0}
         if len(set(sizes.values())) > 1:
             raise BindError(f"inputs disagree on the batch size: {sizes}")
@@ -128,8 +136,8 @@ class Program:
     def _check_flat(self, vec, what, host_ok=False):
         kind_ok = self.backend.is_array(vec) or (host_ok and isinstance(vec, np.ndarray))
         if not kind_ok or vec.ndim != 1 or vec.shape[0] != self.size:
-            raise BindError(f"{what}: expected a flat {self.backend.name} array of length {self.size}, "
-                            f"got {type(vec).__name__} of shape {getattr(vec, 'shape', None)}")
+            got = f"shape {vec.shape}" if kind_ok else f"a {type(vec).__name__}"
+            raise BindError(f"{what}: expected a flat {self.backend.name} array of length {self.size}, got {got}")
         if vec.dtype != self.dtype:
             raise BindError(f"{what}: dtype {vec.dtype} does not match the program's {self.dtype}")
 
@@ -378,22 +386,25 @@ class State:
 
     @property
     def output(self):
-        """The network output z (batch-major)."""
+        """The network output z (batch-major), a copy the caller owns."""
+        return self._z().copy()
+
+    def _z(self):
         return self._value(self.prog.module.entries["output"][0])
 
     @property
     def grad(self):
-        """Gradient of the objective, flat: sum of cotangents + l2 theta."""
+        """Gradient of the objective, flat: sum of cotangents + l2 theta (a copy the caller owns)."""
         if "grad" not in self._cache:
             self._batch("grad")
             self._cache["grad"] = self._flat("grad", self.prog.l2, self.theta)
-        return self._cache["grad"]
+        return self._cache["grad"].copy()
 
     def jv(self, v, out=None):
         """J v: the directional derivative of the output z along v (shape of z); written into ``out`` if given."""
         self._call("jv", v)
         (node,) = self.prog.module.entries["jv"]
-        xp, z = self.prog.xp, self.output
+        xp, z = self.prog.xp, self._z()
         if out is None:
             return xp.zeros_like(z) if node is None else self._value(node).copy()
         if node is None:
@@ -445,7 +456,7 @@ class State:
                     off, shape = prog.layout[p.name]
                     self._vals[prog._slot[t]] = seed[off:off + int(np.prod(shape, dtype=np.int64))].reshape(shape)
         else:
-            z = self.output
+            z = self._z()
             if not prog.backend.is_array(seed) or seed.shape != z.shape or seed.dtype != prog.dtype:
                 raise BindError(f"u: expected a {prog.dtype} array shaped like the output {z.shape}, got "
                                 f"{getattr(seed, 'dtype', type(seed).__name__)} {getattr(seed, 'shape', '')}")

@@ -1,6 +1,7 @@
 """The ``rgraph`` command end to end, through a subprocess like a user runs it."""
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -267,7 +268,7 @@ def test_check_op_shape_mismatch_is_reported():
 def test_ops_lists_the_registry_with_rule_sources():
     r = ok(rgraph("ops"))
     rows = {line.split()[0]: line for line in r.stdout.splitlines()[2:] if line.strip() and not line.startswith(" ")}
-    for name in rg.REGISTRY:
+    for name in rg.op.BUILTIN:   # a fresh process registers rgraph's own ops (tests here may add more)
         assert name in rows, name
     assert "from expression" in rows["swish"]
     assert "hand-written" in rows["matmul"] and "multilinear" in rows["matmul"]
@@ -278,7 +279,7 @@ def test_ops_json_and_rule_sources():
     from rgraph.cli import rule_sources
     r = ok(rgraph("ops", "--json"))
     table = {row["name"]: row for row in json.loads(r.stdout)}
-    assert set(table) == set(rg.REGISTRY)
+    assert set(table) == rg.op.BUILTIN
     assert rule_sources(rg.REGISTRY["reshape"]) == ("hand-written", "linear")
     assert rule_sources(rg.REGISTRY["stop_gradient"]) == ("hand-written", "hand-written")
     assert rule_sources(rg.REGISTRY["amax"]) == ("-", "-")
@@ -300,3 +301,29 @@ def test_train_is_lazy():
         assert r.returncode == 2 and "no training module" in r.stderr
     else:
         assert r.returncode == 0 and "usage: rgraph train" in r.stdout
+
+
+# --- found by a first-use review ------------------------------------------------------------------
+
+def test_show_writes_a_listing_with_o_and_refuses_a_missing_folder(tmp_path):
+    r = ok(rgraph("show", "mlp", "--pass", "gv", "--text", "-o", tmp_path / "gv.txt"))
+    assert "wrote" in r.stdout and "vector stage" in (tmp_path / "gv.txt").read_text()
+    r = rgraph("show", "mlp", "-o", tmp_path / "missing" / "gv.svg")
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cost_refuses_a_batch_below_one_and_zero_classes():
+    for flags in (("--batch", "-4"), ("--batch", "0"), ("--num-classes", "0")):
+        r = rgraph("cost", "mlp", *flags)
+        assert r.returncode == 2 and "expected a positive integer" in r.stderr, flags
+
+
+def test_check_op_with_nothing_to_check_does_not_claim_passed_checks():
+    r = ok(rgraph("check-op", "rgraph.ops:argmax"))
+    assert "nothing to check" in r.stdout and "checks passed" not in r.stdout
+
+
+def test_output_piped_into_a_closed_reader_ends_quietly():
+    head = subprocess.run(f"{shlex.quote(sys.executable)} -m rgraph.cli ops --json | head -c 10", shell=True,
+                          capture_output=True, text=True, timeout=120)
+    assert "BrokenPipeError" not in head.stderr and "Traceback" not in head.stderr

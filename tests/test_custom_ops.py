@@ -65,8 +65,18 @@ def test_gelu_matches_its_closed_form():
     np.testing.assert_allclose(out, ref, rtol=1e-13)
 
 
-def test_registry_lists_builtins_and_rejects_duplicates():
+def test_registry_lists_builtins_and_refuses_their_names():
     assert {"swish", "matmul", "softplus"} <= set(rg.REGISTRY)
     import pytest
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="'swish' is a built-in op"):
         rg.elementwise("swish", lambda x: x)
+    with pytest.raises(ValueError, match="must be an identifier"):
+        rg.elementwise("my op", lambda x: x)
+
+
+def test_a_user_op_defined_again_replaces_the_old_in_the_registry():
+    """A notebook cell defining an op runs twice; graphs built with the first op keep it."""
+    first = rg.elementwise("twice_defined", lambda x: 2.0 * x)
+    second = rg.elementwise("twice_defined", lambda x: 3.0 * x)
+    assert rg.REGISTRY["twice_defined"] is second
+    np.testing.assert_allclose(first.forward(np, np.ones(2)), 2.0)

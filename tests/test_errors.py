@@ -139,3 +139,107 @@ def test_softmax_cross_entropy_checks_its_inputs():
         ops.softmax_cross_entropy(z, g.input("t", (None,)))
     with pytest.raises(rg.ShapeError, match="differ in shape"):
         ops.mse(z, g.input("t2", (None, 2)))
+
+
+# --- found by a first-use review: each failed before its fix --------------------------------------
+
+def _dense_graph(name, extra=None):
+    g = rg.Graph(name)
+    x, y = g.input("x", (None, 4)), g.input("y", (None,), dtype="int64")
+    W = g.param("W", (4, 3))
+    return g, x, y, W
+
+
+def test_a_parameter_the_loss_does_not_read_has_gradient_l2_theta():
+    g, x, y, W = _dense_graph("unused")
+    g.param("spare", (7,))
+    g.output(ops.matmul(x, W))
+    g.set_loss(ops.softmax_cross_entropy(g.z, y), l2=1e-2)
+    prog = rg.compile(g)
+    theta, v = prog.init_params(0) + 1.0, np.arange(prog.size, dtype=np.float64)
+    st = prog.bind(theta, _batch(3))
+    spare = slice(*(lambda off, shape: (off, off + 7))(*prog.layout["spare"]))
+    np.testing.assert_allclose(st.grad[spare], 1e-2 * theta[spare])
+    for product in (st.gv, st.hv):
+        np.testing.assert_allclose(product(v)[spare], 1e-2 * v[spare])
+    assert rg.check_graph(g).ok
+
+
+def test_a_parameter_reaching_the_loss_outside_the_output_is_refused():
+    g, x, y, W = _dense_graph("bypass")
+    V = g.param("V", (4, 3))
+    g.output(ops.matmul(x, W))
+    g.set_loss(ops.softmax_cross_entropy(g.z + ops.matmul(x, V), y))
+    with pytest.raises(rg.RuleError, match=r"\['V'\] reach the loss other than through the output"):
+        rg.compile(g)
+
+
+def test_a_state_keeps_its_own_theta_and_hands_out_copies():
+    g, prog = _prog()
+    theta, v = prog.init_params(0), np.random.default_rng(1).standard_normal(prog.size)
+    st = prog.bind(theta, _batch())
+    before = {name: getattr(st, name)(v).copy() for name in ("gv", "hv", "jv")}
+    grad, output = st.grad, st.output
+    kept = grad.copy()
+    theta -= 0.5 * grad          # an optimiser updating theta in place
+    grad *= 100.0
+    output[...] = 0.0
+    for name, value in before.items():
+        np.testing.assert_array_equal(getattr(st, name)(v), value)
+    np.testing.assert_array_equal(st.grad, kept)
+    assert np.abs(st.output).max() > 0
+
+
+def test_cost_takes_forward_and_refuses_a_batch_size_below_one():
+    g, prog = _prog()
+    assert prog.cost("forward", batch_size=8) == prog.cost("loss", batch_size=8)
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        prog.cost("gv", batch_size=0)
+
+
+def test_compile_reads_numpy_dtypes():
+    g = rg.nn.mlp([4, 5, 3])
+    assert rg.compile(g, dtype=np.float32).dtype == np.float32
+    with pytest.raises(ValueError, match="'float32' or 'float64', got 'float16'"):
+        rg.compile(g, dtype="float16")
+
+
+def test_an_input_missing_its_batch_axis_is_named():
+    g, prog = _prog()
+    batch = _batch()
+    with pytest.raises(rg.BindError, match=r"input 'x': expected shape \(N, 4\) \(2 axes, the first the batch\), got shape \(4,\)"):
+        prog.bind(prog.init_params(0), {"x": batch["x"][0], "y": batch["y"]})
+    with pytest.raises(rg.BindError, match="theta: expected a flat numpy array of length .*, got a list"):
+        prog.bind(list(prog.init_params(0)), batch)
+
+
+class _Plain(Op):
+    """x * 2 with a rule or kernel broken as ``mode`` says (protocol mistakes, not wrong maths)."""
+    def __init__(self, name, mode):
+        self.name, self.mode = name, mode
+
+    def infer(self, x):
+        return x
+
+    def forward(self, xp, x):
+        y = 2.0 * x
+        return {"shape": y.T, "dtype": y.astype(np.float32)}.get(self.mode, y)
+
+    def vjp(self, node, g):
+        return {"count": [2.0 * g, None], "rule_shape": [ops.sum(g, axis=1)]}.get(self.mode, [2.0 * g])
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("shape", r"op 'plain_shape': forward returned shape \(4, 3\) at node .*, but its shape rule \(infer\) gives \(3, 4\)"),
+    ("dtype", r"op 'plain_dtype': forward returned dtype float32 .* in a float64 evaluation"),
+    ("count", r"op 'plain_count': its vjp returned 2 cotangents for 1 inputs"),
+    ("rule_shape", r"op 'plain_rule_shape': its vjp rule returned shape \(3,\) for input 0, which is shaped \(3, 4\)"),
+])
+def test_custom_op_protocol_mistakes_name_the_op_and_the_rule(mode, message):
+    with pytest.raises(rg.RuleError, match=message):
+        rg.check_op(_Plain(f"plain_{mode}", mode), (3, 4))
+
+
+def test_check_graph_refuses_a_graph_too_large_for_dense_matrices():
+    with pytest.raises(ValueError, match=r"dense 9610 x 9610 matrices.*max_size=2000"):
+        rg.check_graph(rg.nn.mlp([64, 128, 10]))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import rgraph as rg
 from rgraph.expr import E, const, diff, evaluate, render, subexpressions, var
 
 x, y = var("x"), var("y")
@@ -95,3 +96,21 @@ def test_sigmoid_is_stable_for_large_arguments():
 def test_non_numbers_are_rejected():
     with pytest.raises(TypeError, match="scalar expression"):
         x + "a"
+
+
+def test_python_branching_on_an_expression_is_refused():
+    """`x if x > 0 else 0 * x` would silently take one branch for every element."""
+    with pytest.raises(TypeError, match=r"no truth value.*E\.where"):
+        rg.elementwise("relu_by_if", lambda x: x if x > 0 else 0.0 * x, register_op=False)
+    with pytest.raises(TypeError, match="no truth value"):
+        bool(x > 0)
+
+
+def test_numpy_functions_and_python_operators_on_expressions():
+    a = np.array([-1.5, 0.5, 2.0])
+    cases = {np.exp(x): np.exp(a), np.maximum(x, 0.0): np.maximum(a, 0.0), 2.0 ** x: 2.0 ** a, abs(x): np.abs(a),
+             np.multiply(3.0, x): 3.0 * a, np.subtract(1.0, x): 1.0 - a, np.tanh(x): np.tanh(a)}
+    for e, want in cases.items():
+        np.testing.assert_allclose(evaluate([e], {"x": a}, np)[0], want, err_msg=str(e))
+    with pytest.raises(TypeError, match=r"np\.sin is not a scalar-expression function; .*E\.exp"):
+        np.sin(x)

@@ -114,4 +114,8 @@ def test_products_are_linear_in_v_and_cached_per_bind():
     a, b = rng.standard_normal(prog.size), rng.standard_normal(prog.size)
     for product in (st.gv, st.hv):
         np.testing.assert_allclose(product(2 * a - b), 2 * product(a) - product(b), rtol=1e-10, atol=1e-12)
-    assert st.grad is st.grad  # computed once per bind
+    first = st.grad
+    cached = st._cache["grad"]
+    second = st.grad
+    assert st._cache["grad"] is cached  # computed once per bind
+    assert second is not first and np.array_equal(first, second)  # each a copy the caller owns

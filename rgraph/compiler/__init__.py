@@ -69,8 +69,7 @@ def compile(graph, backend: str = "numpy", dtype: str = "float64", *, until: str
     """
     from ..backends import get_backend
     from ..program import Program
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    dtype = _float_dtype(dtype)
     if until is not None and until not in STAGE_NAMES:
         raise ValueError(f"unknown stage {until!r}; stages are {STAGE_NAMES}")
     backend = get_backend(backend)
@@ -84,3 +83,15 @@ def compile(graph, backend: str = "numpy", dtype: str = "float64", *, until: str
     prog = Program(module, backend, dtype)
     module.history.append("lower")
     return prog if until is None else module
+
+
+def _float_dtype(dtype) -> str:
+    """'float32' or 'float64' from a name or anything NumPy reads as one (np.float32, np.dtype("f4"))."""
+    import numpy as np
+    try:
+        name = np.dtype(dtype).name if dtype is not None else None
+    except TypeError:
+        name = None
+    if name not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return name

@@ -83,9 +83,12 @@ def cost(prog, entry: str, batch_size: int) -> dict:
     ``ratio_to_grad``: FLOPs of the entry's vector stage (of the whole entry where it has none) over the
     FLOPs of one gradient (forward and backward).
     """
+    entry = "loss" if entry == "forward" else entry   # as in listings and drawings: the forward pass and loss
     if entry not in prog._plans:
-        raise ValueError(f"unknown entry {entry!r}; entries are {sorted(prog._plans)}")
+        raise ValueError(f"unknown entry {entry!r}; entries are {sorted(prog._plans)} (and 'forward', the loss's)")
     n = int(batch_size)
+    if n < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     batch, vector = prog._plans[entry]
     outputs = {v for v in prog.module.entries[entry] if v is not None}
     vector_reads = {i for node in vector for i in node.inputs}
