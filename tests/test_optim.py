@@ -290,12 +290,14 @@ def test_sgd_nesterov_and_adam_follow_their_equations():
         np.testing.assert_allclose(x_a, ref_a, rtol=1e-14)
 
 
-@pytest.mark.filterwarnings("ignore:invalid value")
-def test_non_finite_steps_are_rejected_for_every_optimizer():
-    theta0 = np.ones(3)
-    for opt in (SGD(Quadratic(np.eye(3), np.ones(3)), lr=np.inf), Adam(Quadratic(np.eye(3), np.ones(3)), lr=np.inf)):
+@pytest.mark.filterwarnings("ignore:overflow")
+def test_sgd_and_adam_reject_a_step_to_non_finite_parameters():
+    """f = -sum(x) (A = 0, b = 1, the loss pinned finite): a step of about lr = 1e308 from x = 1e308 overflows."""
+    theta0 = np.full(3, 1e308)
+    for cls in (SGD, Adam):
+        opt = cls(Quadratic(np.zeros((3, 3)), np.ones(3), losses=[0.0]), lr=1e308)
         theta, stats = opt.step(theta0, BATCH)
-        assert theta is theta0 and not stats["accepted"]
+        assert theta is theta0 and not stats["accepted"] and stats["rejected"] == 1
 
 
 def test_state_dict_round_trip_resumes_the_trajectory():
@@ -338,3 +340,75 @@ def test_full_batch_newton_cg_solves_logistic_regression_like_lbfgs():
     fun = lambda t: (prog.bind(t, batch).loss, prog.bind(t, batch).grad)  # noqa: E731
     ref = minimize(fun, np.zeros(prog.size), jac=True, method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000})
     assert st.loss == pytest.approx(ref.fun, rel=1e-6)
+
+
+# --- real programs: float32, resuming mid-refresh, settings --------------------------------------
+
+def _small_problem(dtype="float64"):
+    prog = rg.compile(nn.mlp([6, 8, 3], l2=1e-3), dtype=dtype)
+    gen = np.random.default_rng(1)
+    batches = [{"x": gen.standard_normal((16, 6)).astype(dtype), "y": gen.integers(0, 3, 16)} for _ in range(8)]
+    return prog, batches
+
+
+@pytest.mark.parametrize("name", ["fitre", "kfac"])
+def test_kfac_based_optimizers_train_in_float32_like_in_float64(name):
+    trajectories = {}
+    for dtype in ("float64", "float32"):
+        prog, batches = _small_problem(dtype)
+        opt, theta = make_optimizer(name, prog), prog.init_params(0)
+        accepted = []
+        for batch in batches[:4]:
+            theta, stats = opt.step(theta, batch)
+            accepted.append(stats["accepted"])
+        assert theta.dtype == prog.dtype
+        assert opt.precond.direction(prog.bind(theta, batches[4]).grad).dtype == prog.dtype
+        trajectories[dtype] = theta, accepted
+    (theta64, accepted64), (theta32, accepted32) = trajectories["float64"], trajectories["float32"]
+    assert accepted32 == accepted64
+    np.testing.assert_allclose(theta32, theta64, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fitre", "kfac", "newton-cg", "sgd", "adam"])
+def test_state_dict_round_trip_in_the_middle_of_a_refresh_period_resumes_bit_for_bit(name):
+    """3 steps, then a pickled state_dict into a fresh optimiser: KFAC's inverses of step 1 are still in use
+    until the refresh at step 6, so they must travel with the state (recomputing them changes the steps)."""
+    import pickle
+    prog, batches = _small_problem()
+    a, theta = make_optimizer(name, prog), prog.init_params(0)
+    for batch in batches[:3]:
+        theta, _ = a.step(theta, batch)
+    c = make_optimizer(name, prog)
+    c.load_state_dict(pickle.loads(pickle.dumps(a.state_dict())))
+    theta_a, theta_c = theta, theta.copy()
+    for batch in batches[3:]:                  # across the refresh at the 6th update
+        theta_a, _ = a.step(theta_a, batch)
+        theta_c, _ = c.step(theta_c, batch)
+        np.testing.assert_array_equal(theta_a, theta_c)
+
+
+BAD_SETTINGS = [("fitre", "radius", 0.0), ("fitre", "radius", -1.0), ("fitre", "max_radius", 0.0),
+                ("fitre", "damping", -1e-3), ("fitre", "decay", 1.0), ("fitre", "decay", 2.0), ("fitre", "T", 0),
+                ("fitre", "T", 2.5), ("fitre", "curvature", "foo"), ("fitre", "loss", "hinge"),
+                ("kfac", "lr", -0.1), ("kfac", "lr", float("nan")), ("kfac", "decay", -0.5), ("kfac", "T", -1),
+                ("newton-cg", "lam", -1.0), ("newton-cg", "gn_fraction", 0.0), ("newton-cg", "gn_fraction", 2.0),
+                ("newton-cg", "gn_fraction", -0.5), ("newton-cg", "cg_maxiter", 0), ("newton-cg", "radius", 0.0),
+                ("newton-cg", "curvature", "foo"), ("newton-cg", "cg_rtol", 1.5), ("newton-cg", "lam_up", 0.5),
+                ("newton-cg", "max_backtracks", 0), ("sgd", "lr", 0.0), ("sgd", "lr", float("inf")),
+                ("sgd", "lr", "0.1"), ("sgd", "momentum", 1.0), ("adam", "lr", float("nan")), ("adam", "beta2", 1.0),
+                ("adam", "eps", -1.0)]
+
+
+@pytest.mark.parametrize("name, setting, value", BAD_SETTINGS)
+def test_out_of_range_settings_are_refused_with_a_message_naming_them(name, setting, value):
+    with pytest.raises(ValueError, match=f"'{name}'.*{setting}={value!r}.*must be"):
+        make_optimizer(name, Quadratic(np.eye(2), np.ones(2)), **{setting: value})
+
+
+def test_every_optimizers_defaults_and_rgraph_trains_settings_pass_the_checks():
+    from rgraph.optim import OPTIMIZERS
+    from rgraph.train import OPTIMIZER_DEFAULTS
+    prog, _ = _small_problem()
+    for name in OPTIMIZERS:
+        make_optimizer(name, prog)
+        make_optimizer(name, prog, **OPTIMIZER_DEFAULTS.get(name, {}))

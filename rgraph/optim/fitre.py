@@ -41,10 +41,7 @@ class FITRE(Optimizer):
 
     def __init__(self, prog, **settings):
         super().__init__(prog, **settings)
-        s = self.settings
-        if s["curvature"] not in ("hessian", "gn"):
-            raise ValueError(f"fitre: curvature must be 'hessian' or 'gn', got {s['curvature']!r}")
-        self.radius = float(s["radius"])
+        self.radius = float(self.settings["radius"])
         self._precond = None
 
     @property

@@ -93,25 +93,28 @@ class KFACPreconditioner:
                                 np.linalg.inv(G + np.sqrt(gamma) / pi * np.eye(len(G))))
 
     def direction(self, grad):
-        """F^{-1} grad, flat (the natural gradient; the descent direction is its negative)."""
-        host = np.asarray(self.prog.backend.to_host(grad), np.float64)
+        """F^{-1} grad, flat, in the program's dtype (the natural gradient; the descent direction is its
+        negative). The factors and their inverses are float64, so each layer's product is too."""
+        host = np.asarray(self.prog.backend.to_host(grad))
         views = self.prog.view(host)
         out = np.empty_like(host)
         out_views = self.prog.view(out)
         for weight, bias in self.layers:
-            V = _as_matrix(views[weight], views[bias] if bias else None)
+            V = _as_matrix(views[weight], views[bias] if bias else None).astype(np.float64)
             Ainv, Ginv = self.inv[weight]
             _from_matrix(Ainv @ V @ Ginv, out_views[weight], out_views[bias] if bias else None)
         for name in self.others:
             out_views[name][...] = views[name] / (self.damping + self.prog.l2)
-        return self.prog.backend.asarray(out.astype(self.prog.dtype))
+        return self.prog.backend.asarray(out)
 
     def state_dict(self):
-        return {"A": dict(self.A), "G": dict(self.G), "updates": self.updates}
+        # The inverses travel too: those in use were refreshed up to T - 1 updates ago, from older A and G.
+        return {"A": dict(self.A), "G": dict(self.G), "inv": dict(self.inv), "updates": self.updates}
 
     def load_state_dict(self, d):
         self.A, self.G, self.updates = dict(d["A"]), dict(d["G"]), int(d["updates"])
-        if self.A:
+        self.inv = dict(d.get("inv", {}))
+        if self.A and not self.inv:        # a checkpoint written before the inverses were saved
             self.refresh()
 
 

@@ -41,8 +41,6 @@ class NewtonCG(Optimizer):
 
     def __init__(self, prog, **settings):
         super().__init__(prog, **settings)
-        if self.settings["curvature"] not in ("gn", "hessian"):
-            raise ValueError(f"newton-cg: curvature must be 'gn' or 'hessian', got {self.settings['curvature']!r}")
         self.lam, self.radius = float(self.settings["lam"]), float(self.settings["radius"])
 
     def step(self, theta, batch):
