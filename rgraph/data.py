@@ -6,7 +6,11 @@ into train and test, normalised per channel with statistics of the training spli
 * "digits": scikit-learn's bundled 8x8 handwritten digits (no download), a fixed seeded split;
 * "mnist": the four IDX files (plain or .gz) in ``path``;
 * "cifar10": the python batches in ``path`` (or ``path/cifar-10-batches-py``);
-* "npz": arrays x_train, y_train, x_test, y_test (or x, y, split with the seed) in the file ``path``.
+* "npz": arrays x_train, y_train, x_test, y_test (or x, y, split with the seed) in the file ``path``:
+  inputs (N, features) or images (N, C, H, W), finite numbers; labels (N,) class indices 0..K-1
+  (any integer dtype, or floats holding whole numbers).
+
+``path`` is ``--data-path`` in ``rgraph train``; the messages name both.
 """
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ import numpy as np
 
 class DatasetError(ValueError):
     """A dataset that is missing, truncated or not in the expected format."""
+
+
+_PATH = "--data-path (path= in Python),"   # how the messages name the path, in both of its spellings
 
 
 @dataclass
@@ -61,6 +68,8 @@ def load(name: str, path=None, *, dtype="float64", seed=0, test_fraction=0.2, no
     if name not in LOADERS:
         raise DatasetError(f"unknown dataset {name!r}; known: {sorted(LOADERS)}")
     x_train, y_train, x_test, y_test = LOADERS[name](path, seed=seed, test_fraction=test_fraction)
+    if len(x_train) == 0 or len(x_test) == 0:
+        raise DatasetError(f"{name}: {len(x_train)} train and {len(x_test)} test samples; both splits need some")
     y_train, y_test = np.asarray(y_train, np.int64), np.asarray(y_test, np.int64)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     x_train, x_test = x_train.astype(np.float64), x_test.astype(np.float64)
@@ -127,7 +136,7 @@ def read_idx(path, magic, ndim):
 @loader("mnist")
 def _mnist(path, *, seed, test_fraction):
     if path is None or not os.path.isdir(path):
-        raise DatasetError(f"'mnist' needs path= a directory holding the four IDX files; got {path!r}")
+        raise DatasetError(f"'mnist' needs {_PATH} the directory holding the four IDX files; got {path!r}")
     parts = []
     for prefix in ("train", "t10k"):
         images = read_idx(_find(path, f"{prefix}-images-idx3-ubyte"), 2051, 3)
@@ -157,7 +166,7 @@ def _cifar_batch(path):
 @loader("cifar10")
 def _cifar10(path, *, seed, test_fraction):
     if path is None or not os.path.isdir(path):
-        raise DatasetError(f"'cifar10' needs path= the directory of the python batches; got {path!r}")
+        raise DatasetError(f"'cifar10' needs {_PATH} the directory of the python batches; got {path!r}")
     nested = os.path.join(path, "cifar-10-batches-py")
     path = nested if os.path.isdir(nested) else path
     train = [_cifar_batch(os.path.join(path, f"data_batch_{i}")) for i in range(1, 6)]
@@ -168,14 +177,59 @@ def _cifar10(path, *, seed, test_fraction):
 @loader("npz")
 def _npz(path, *, seed, test_fraction):
     if path is None or not os.path.isfile(path):
-        raise DatasetError(f"'npz' needs path= an .npz file; got {path!r}")
-    with np.load(path) as f:
+        raise DatasetError(f"'npz' needs {_PATH} an .npz file; got {path!r}")
+    try:
+        f = np.load(path)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot be read as an .npz file ({e})") from None
+    if not hasattr(f, "files"):
+        raise DatasetError(f"{path}: holds a single array (.npy), not the named arrays of an .npz (np.savez)")
+    with f:
         keys = set(f.files)
         if {"x_train", "y_train", "x_test", "y_test"} <= keys:
-            return f["x_train"], f["y_train"], f["x_test"], f["y_test"]
+            x_train, y_train, x_test, y_test = (_read(f, path, k) for k in ("x_train", "y_train", "x_test", "y_test"))
+            check_samples(path, "x_train", "y_train", x_train, y_train)
+            check_samples(path, "x_test", "y_test", x_test, y_test)
+            if x_train.shape[1:] != x_test.shape[1:]:
+                raise DatasetError(f"{path}: x_train samples are {x_train.shape[1:]} but x_test samples are "
+                                   f"{x_test.shape[1:]}")
+            return x_train, y_train, x_test, y_test
         if {"x", "y"} <= keys:
-            return split(f["x"], f["y"], test_fraction, seed)
+            x, y = _read(f, path, "x"), _read(f, path, "y")
+            check_samples(path, "x", "y", x, y)
+            return split(x, y, test_fraction, seed)
     raise DatasetError(f"{path}: needs arrays x_train, y_train, x_test, y_test (or x, y); has {sorted(keys)}")
+
+
+def _read(f, path, key):
+    try:
+        return f[key]
+    except ValueError as e:   # an object array, refused without allow_pickle
+        raise DatasetError(f"{path}: array {key!r} cannot be read ({e}); save numbers, not Python objects") from None
+
+
+def check_samples(path, x_name, y_name, x, y):
+    """Inputs and labels as training needs them, or a DatasetError naming the file and the array: caught when
+    loading rather than as a failed bind at the first batch holding the bad sample."""
+    if x.dtype.kind not in "biuf":
+        raise DatasetError(f"{path}: {x_name} has dtype {x.dtype}; inputs must be numbers")
+    if x.ndim not in (2, 4):
+        raise DatasetError(f"{path}: {x_name} has shape {x.shape}; expected (N, features) or images (N, C, H, W)"
+                           + (" (add a channel axis: x[:, None])" if x.ndim == 3 else ""))
+    if y.ndim != 1:
+        raise DatasetError(f"{path}: {y_name} has shape {y.shape}; labels are one class index per sample, (N,)")
+    if len(x) != len(y):
+        raise DatasetError(f"{path}: {x_name} has {len(x)} samples but {y_name} has {len(y)} labels")
+    if len(y) == 0:
+        raise DatasetError(f"{path}: {x_name} and {y_name} hold no samples")
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1)) if x.dtype.kind == "f" else []
+    if len(bad):
+        raise DatasetError(f"{path}: {x_name} holds non-finite values (NaN or inf) in {len(bad)} of {len(x)} "
+                           f"samples, the first at index {bad[0]}")
+    whole = y.dtype.kind in "biu" or (y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)))
+    if not whole or y.min() < 0:
+        raise DatasetError(f"{path}: {y_name} must hold class indices 0, 1, ..., K-1 (whole numbers >= 0); "
+                           f"it has dtype {y.dtype}" + (f" and holds {y.min()}" if whole else ""))
 
 
 def num_batches(n, batch_size, drop_last=False):

@@ -54,7 +54,7 @@ def test_mnist_corrupt_files_are_rejected(tmp_path):
     (d / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(DatasetError, match="expected t10k-labels-idx1-ubyte"):
         data.load("mnist", d)
-    with pytest.raises(DatasetError, match="needs path="):
+    with pytest.raises(DatasetError, match="needs --data-path"):
         data.load("mnist", None)
 
 
@@ -94,6 +94,46 @@ def test_npz_and_unknown(tmp_path):
         data.load("npz", tmp_path / "e.npz")
     with pytest.raises(DatasetError, match="unknown dataset 'imagenet'; known"):
         data.load("imagenet")
+
+
+def test_npz_that_training_cannot_use_is_refused_naming_the_file_and_the_array(tmp_path):
+    x, y = rng.standard_normal((10, 3)), np.arange(10) % 2
+    with_nan = x.copy()
+    with_nan[[2, 5], 1] = np.nan
+    cases = {
+        "nan": (dict(x=with_nan, y=y), "x holds non-finite values (NaN or inf) in 2 of 10 samples, the first at index 2"),
+        "short": (dict(x=x, y=y[:9]), "x has 10 samples but y has 9 labels"),
+        "nhw": (dict(x=rng.standard_normal((10, 4, 4)), y=y), "add a channel axis"),
+        "negative": (dict(x=x, y=y - 1), "class indices 0, 1, ..., K-1"),
+        "fraction": (dict(x=x, y=y + 0.5), "class indices"),
+        "text": (dict(x=x, y=y.astype(str)), "y must hold class indices"),
+        "onehot": (dict(x=x, y=np.eye(2)[y]), "y has shape (10, 2)"),
+        "empty": (dict(x=x[:0], y=y[:0]), "hold no samples"),
+        "test nan": (dict(x_train=x, y_train=y, x_test=np.full((2, 3), np.inf), y_test=y[:2]),
+                     "x_test holds non-finite"),
+        "test shape": (dict(x_train=x, y_train=y, x_test=x[:4, :2], y_test=y[:4]), "x_train samples are (3,)"),
+    }
+    for name, (arrays, message) in cases.items():
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, **arrays)
+        with pytest.raises(DatasetError) as error:
+            data.load("npz", path)
+        assert str(error.value).startswith(f"{path}: ") and message in str(error.value), name
+    np.save(tmp_path / "one.npy", x)
+    with pytest.raises(DatasetError, match="single array"):
+        data.load("npz", tmp_path / "one.npy")
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip file")
+    with pytest.raises(DatasetError, match="cannot be read as an .npz"):
+        data.load("npz", tmp_path / "garbage.npz")
+    with pytest.raises(DatasetError, match="needs --data-path"):
+        data.load("npz", None)
+
+
+def test_npz_accepts_whole_float_labels_and_integer_images(tmp_path):
+    images = rng.integers(0, 256, (10, 1, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=images, y=(np.arange(10) % 3).astype(np.float32))
+    ds = data.load("npz", tmp_path / "d.npz")
+    assert ds.input_shape == (1, 4, 4) and ds.num_classes == 3 and ds.y_train.dtype == np.int64
 
 
 def test_digits_split_is_fixed_and_normalised_with_train_statistics():

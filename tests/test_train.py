@@ -2,6 +2,7 @@
 parameters, and refuses bad input clearly (the 97% runs are in test_training_accuracy.py)."""
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -30,10 +31,16 @@ def test_resume_continues_the_same_trajectory(tmp_path):
     assert state["epoch"] == 3 and state["batch"] == 0
 
 
+def _without_time(records):
+    return [{key: value for key, value in r.items() if key != "time"} for r in records]
+
+
 def test_mid_epoch_checkpoint_resumes_identically(tmp_path, monkeypatch):
+    """The parameters and the resumed epoch's record (its train loss, cg and lambda cover every batch,
+    also those before the checkpoint) equal the uninterrupted run's."""
     ds = data.load("digits")
     kwargs = dict(batch_size=256, progress=False, log=lambda s: None)
-    full, _ = training.train(nn.small_cnn(l2=1e-4), ds, "newton-cg", epochs=2, **kwargs)
+    full, full_history = training.train(nn.small_cnn(l2=1e-4), ds, "newton-cg", epochs=2, **kwargs)
 
     class Interrupt(Exception):
         pass
@@ -49,8 +56,11 @@ def test_mid_epoch_checkpoint_resumes_identically(tmp_path, monkeypatch):
     with pytest.raises(Interrupt):
         training.train(nn.small_cnn(l2=1e-4), ds, "newton-cg", epochs=2, out=str(tmp_path), checkpoint_every=3, **kwargs)
     monkeypatch.setattr(training, "save_checkpoint", real)
-    resumed, _ = training.train(nn.small_cnn(l2=1e-4), ds, "newton-cg", epochs=2, out=str(tmp_path), resume=True, **kwargs)
+    assert len(training.load_checkpoint(str(tmp_path / "checkpoint.pkl"))["step_stats"]) == 3
+    resumed, history = training.train(nn.small_cnn(l2=1e-4), ds, "newton-cg", epochs=2, out=str(tmp_path), resume=True,
+                                      **kwargs)
     assert np.array_equal(full, resumed)
+    assert _without_time(history) == _without_time(_metrics(tmp_path)) == _without_time(full_history)
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(tmp_path, monkeypatch):
@@ -180,3 +190,145 @@ def test_non_finite_parameters_from_an_optimizer_stop_training_before_they_are_s
                        out=str(tmp_path), checkpoint_every=1, **QUIET)
     saved = training.load_checkpoint(str(tmp_path / "checkpoint.pkl"))
     assert saved["batch"] == 2 and np.all(np.isfinite(saved["theta"]))
+
+
+MODELS_FILE = """
+import rgraph as rg
+from rgraph import ops
+
+
+def linear(name="linear", inputs=("x", "y"), classes=10):
+    g = rg.Graph(name)
+    x, y = g.input(inputs[0], (None, 64)), g.input(inputs[1], (None,), dtype="int64")
+    z = g.output(ops.matmul(x, g.param("W", (64, classes))))
+    g.set_loss(ops.softmax_cross_entropy(z, y))
+    return g
+
+
+def renamed():
+    return linear("renamed", inputs=("images", "labels"))
+
+
+def five_classes():
+    return linear("five", classes=5)
+
+
+def no_loss():
+    g = rg.Graph("noloss")
+    g.output(ops.matmul(g.input("x", (None, 64)), g.param("W", (64, 10))))
+    return g
+
+
+def needs_width(width):
+    return linear()
+
+
+notfunc = 3
+"""
+
+BAD_INPUT = {   # extra arguments -> what the one line on stderr says
+    "out is a file": (["--out", "{tmp}/afile"], "is a file"),
+    "bad setting": (["--optimizer", "newton-cg", "--set", "curvature=foo"], "curvature"),
+    "garbage checkpoint": (["--resume", "--out", "{tmp}/garbage"],
+                           "checkpoint {tmp}/garbage/checkpoint.pkl cannot be read"),
+    "truncated checkpoint": (["--resume", "--out", "{tmp}/truncated"], "cannot be read"),
+    "inputs not x, y": (["--model", "{tmp}/models.py:renamed"], "inputs ['images', 'labels']; rgraph train needs "
+                                                                "exactly two, named 'x'"),
+    "outputs not classes": (["--model", "{tmp}/models.py:five_classes"], "outputs (N, 5), but the digits data has 10"),
+    "no loss": (["--model", "{tmp}/models.py:no_loss"], "RuleError"),
+    "not callable": (["--model", "{tmp}/models.py:notfunc"], "is not a function"),
+    "needs arguments": (["--model", "{tmp}/models.py:needs_width"], "missing 1 required positional argument"),
+    "mnist without a path": (["--data", "mnist"], "needs --data-path"),
+    "npz with NaN": (["--data", "npz", "--data-path", "{tmp}/nan.npz"], "nan.npz: x holds non-finite values"),
+}
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "models.py").write_text(MODELS_FILE)
+    for folder, content in (("garbage", b"garbage\n"), ("truncated", pickle.dumps({"theta": np.ones(500)})[:300])):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "checkpoint.pkl").write_bytes(content)
+    x = np.random.default_rng(0).standard_normal((40, 64))
+    x[7, 3] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x, y=np.arange(40) % 10)
+    return tmp_path
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_is_one_line_on_stderr_and_status_2(case, bad_files, capsys):
+    extra, message = BAD_INPUT[case]
+    tmp = str(bad_files)
+    args = ["train", "--model", "mlp", "--epochs", "1", "--batch-size", "512", "--no-progress", "--out", f"{tmp}/run"]
+    assert cli.main(args + [a.format(tmp=tmp) for a in extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rgraph train: ") and err.count("\n") == 1, err
+    assert message.format(tmp=tmp) in err
+
+
+@pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--epochs", "-1"), ("--batch-size", "0"),
+                                         ("--batch-size", "-5"), ("--checkpoint-every", "-1"), ("--blas-threads", "0")])
+def test_counts_out_of_range_are_usage_errors(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", flag, value])
+    assert exit_.value.code == 2
+    assert f"argument {flag}: must be at least" in capsys.readouterr().err
+
+
+def test_backend_cupy_without_cupy_says_what_it_needs(tmp_path, capsys):
+    from rgraph.backends import cupy_usable
+    if cupy_usable():
+        pytest.skip("CuPy is usable here")
+    assert cli.main(["train", "--model", "mlp", "--backend", "cupy", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "backend 'cupy' needs CuPy" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_where_the_last_checkpoint_is_and_exits_130(tmp_path, capsys, monkeypatch):
+    real = training.save_checkpoint
+
+    def interrupt_after_the_batch_2_checkpoint(path, payload):
+        real(path, payload)
+        if payload["batch"] == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(training, "save_checkpoint", interrupt_after_the_batch_2_checkpoint)
+    out = str(tmp_path / "run")
+    args = ["train", "--model", "mlp", "--optimizer", "sgd", "--epochs", "1", "--batch-size", "256",
+            "--checkpoint-every", "2", "--no-progress", "--out", out]
+    assert cli.main(args) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err and "in epoch 1 after batch 2" in err
+    assert os.path.join(out, "checkpoint.pkl") in err and f"--resume --out {out}" in err
+
+    def interrupt_before_saving(path, payload):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(training, "save_checkpoint", interrupt_before_saving)
+    assert cli.main(args) == 130   # a new run into the folder: the checkpoint there is not its own
+    assert "interrupted before this run wrote a checkpoint" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_rerun_warns_before_replacing_a_checkpoint_and_a_finished_resume_says_so(tmp_path, capsys):
+    out = str(tmp_path)
+    args = ["train", "--model", "mlp", "--optimizer", "sgd", "--epochs", "1", "--batch-size", "512", "--out", out,
+            "--no-progress"]
+    assert cli.main(args) == 0
+    assert capsys.readouterr().err == ""
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    assert cli.main(args + ["--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "already trained to epoch 1; raise --epochs" in captured.out and captured.err == ""
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning" in err and f"{out} holds the checkpoint of an earlier run" in err
+
+
+def test_help_has_examples_and_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")   # one help line per flag
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and "--resume" in text.split("examples:")[1]
+    assert "samples per optimiser step (default: 128)" in text and "sgd 0.05" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
