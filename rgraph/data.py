@@ -92,6 +92,9 @@ def split(x, y, test_fraction, seed):
 
 @loader("digits")
 def _digits(path, *, seed, test_fraction):
+    if path is not None:   # most likely a file meant for --data npz: say so rather than train on digits
+        raise DatasetError(f"'digits' is bundled with scikit-learn and reads no {_PATH.rstrip(',')}; got {path!r} "
+                           f"(for your own arrays use --data npz)")
     try:
         from sklearn.datasets import load_digits
     except ImportError:

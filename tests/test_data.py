@@ -156,3 +156,8 @@ def test_batches_cover_each_sample_once_and_depend_only_on_seed_and_epoch():
     resumed = [b["y"] for b in data.batches(x, y, 3, seed=1, epoch=0, start=2)]
     assert all(np.array_equal(p, q) for p, q in zip(first[2:], resumed))
     assert len(list(data.batches(x, y, 3, drop_last=True))) == 3
+
+
+def test_digits_refuses_a_path_it_would_ignore():
+    with pytest.raises(DatasetError, match="'digits' is bundled with scikit-learn and reads no --data-path"):
+        data.load("digits", "/tmp/my_data.npz")
