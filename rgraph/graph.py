@@ -227,6 +227,7 @@ class Graph:
         self.z: Value | None = None
         self.loss: Value | None = None
         self.l2 = 0.0
+        self.loss_kind: str | None = None   # set_loss(kind=...): which predictive distribution KFAC samples
 
     def input(self, name: str, shape, dtype: str = FLOAT) -> Value:
         """Declare a batch input; ``None`` as the first dimension is the batch size, fixed at bind time."""
@@ -255,14 +256,18 @@ class Graph:
         self.z = z
         return z
 
-    def set_loss(self, loss: Value, l2: float = 0.0) -> Value:
-        """Set the scalar loss (already averaged over the batch) and the l2 coefficient (1/C in the papers)."""
+    def set_loss(self, loss: Value, l2: float = 0.0, kind: str | None = None) -> Value:
+        """Set the scalar loss (already averaged over the batch) and the l2 coefficient (1/C in the papers).
+        ``kind`` names the loss ("softmax_cross_entropy", "mse") for the optimisers that sample from the
+        model's predictive distribution (KFAC, FITRE); rgraph.nn's builders give it."""
         _check_value(loss, "loss")
         if loss.shape != () or not loss.type.is_float:
             raise ShapeError(f"graph {self.name!r}: the loss must be a float scalar; got {loss.type}")
         if not (l2 >= 0.0 and np.isfinite(l2)):
             raise ValueError(f"graph {self.name!r}: l2 must be finite and >= 0; got {l2}")
-        self.loss, self.l2 = loss, float(l2)
+        if kind is not None and not isinstance(kind, str):
+            raise TypeError(f"graph {self.name!r}: the loss kind is a name such as 'mse'; got {kind!r}")
+        self.loss, self.l2, self.loss_kind = loss, float(l2), kind
         return loss
 
     def _check_new(self, name):

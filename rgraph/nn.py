@@ -172,7 +172,7 @@ def Sequential(layers, input_shape, num_classes=None, loss="softmax_cross_entrop
     if num_classes is not None and z.shape[1:] != (num_classes,):
         raise ShapeError(f"graph {name!r}: the last layer gives {z.type}, expected (N, {num_classes})")
     y = g.input("y", (None,), dtype="int64") if loss == "softmax_cross_entropy" else g.input("y", z.shape)
-    g.set_loss(ops.LOSSES[loss](z, y), l2=l2)
+    g.set_loss(ops.LOSSES[loss](z, y), l2=l2, kind=loss)
     return g
 
 
@@ -201,7 +201,7 @@ def mlp(sizes, activation="swish", loss="softmax_cross_entropy", l2=0.0, name="m
         if i < last:
             h = act(h)
     z = g.output(h)
-    g.set_loss(ops.LOSSES[loss](z, y), l2=l2)
+    g.set_loss(ops.LOSSES[loss](z, y), l2=l2, kind=loss)
     return g
 
 

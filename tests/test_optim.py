@@ -412,3 +412,18 @@ def test_every_optimizers_defaults_and_rgraph_trains_settings_pass_the_checks():
     for name in OPTIMIZERS:
         make_optimizer(name, prog)
         make_optimizer(name, prog, **OPTIMIZER_DEFAULTS.get(name, {}))
+
+
+@pytest.mark.parametrize("name", ["fitre", "kfac"])
+def test_kfac_samples_the_models_own_loss_and_refuses_another(name):
+    """An mse model trained with KFAC's softmax sampling would get a silently wrong curvature."""
+    for loss in ("softmax_cross_entropy", "mse"):
+        prog = rg.compile(nn.mlp([6, 8, 3], loss=loss, l2=1e-3))
+        opt = make_optimizer(name, prog)
+        assert opt.settings["loss"] == opt.precond.loss == loss
+    with pytest.raises(ValueError, match="loss='softmax_cross_entropy', but the model's loss is 'mse'"):
+        make_optimizer(name, prog, loss="softmax_cross_entropy")
+    g = nn.mlp([6, 8, 3])
+    g.loss_kind = None   # a hand-built graph that does not say: softmax cross-entropy, or the setting
+    assert make_optimizer(name, rg.compile(g), loss="mse").precond.loss == "mse"
+    assert make_optimizer(name, rg.compile(g)).precond.loss == "softmax_cross_entropy"

@@ -40,7 +40,7 @@ SETTING_RANGES = {
     "gn_fraction": "a number in (0, 1]", "lam_down": "a number in (0, 1]", "lam_up": "a number in [1, inf)",
     "T": "an integer in [1, inf)", "cg_maxiter": "an integer in [1, inf)", "gn_min": "an integer in [1, inf)",
     "max_backtracks": "an integer in [1, inf)",
-    "curvature": ("gn", "hessian"), "loss": ("softmax_cross_entropy", "mse"),
+    "curvature": ("gn", "hessian"), "loss": ("softmax_cross_entropy", "mse", None),
 }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Optimizer, finite, register
-from .kfac import KFACPreconditioner
+from .kfac import KFACPreconditioner, predictive_loss
 
 
 def model_step(g, p, Hp_dot, radius):
@@ -37,10 +37,11 @@ class FITRE(Optimizer):
     name = "fitre"
     defaults = {"radius": 1.0, "max_radius": 10.0, "damping": 1e-2, "decay": 0.95, "T": 5,
                 "curvature": "hessian", "use_gradient": False, "rho_low": 0.25, "rho_high": 0.75,
-                "loss": "softmax_cross_entropy", "seed": 0}
+                "loss": None, "seed": 0}   # loss: the model's (KFAC's predictive distribution)
 
     def __init__(self, prog, **settings):
         super().__init__(prog, **settings)
+        self.settings["loss"] = predictive_loss(prog, self.settings["loss"])
         self.radius = float(self.settings["radius"])
         self._precond = None
 

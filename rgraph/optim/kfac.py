@@ -42,6 +42,20 @@ def sample_cotangent(z, rng, loss="softmax_cross_entropy"):
     return u
 
 
+def predictive_loss(prog, asked):
+    """The loss whose predictive distribution KFAC samples: the model's own (``Graph.loss_kind``, which
+    rgraph.nn's builders set), which a ``loss`` setting must agree with; softmax cross-entropy where
+    neither says."""
+    known = getattr(getattr(prog, "graph", None), "loss_kind", None)
+    if asked is not None and known is not None and asked != known:
+        raise ValueError(f"loss={asked!r}, but the model's loss is {known!r}: KFAC would sample the wrong "
+                         f"predictive distribution (leave loss unset to use the model's)")
+    loss = asked or known or "softmax_cross_entropy"
+    if loss not in ("softmax_cross_entropy", "mse"):
+        raise ValueError(f"KFAC samples the predictive distribution of softmax_cross_entropy or mse, not of {loss!r}")
+    return loss
+
+
 def _rows(a):
     """(N, in) or (N, P, in) -> (rows, in) with the rows of all positions."""
     return a.reshape(-1, a.shape[-1])
@@ -135,11 +149,12 @@ def _from_matrix(U, W_out, b_out):
 class KFAC(Optimizer):
     """Plain KFAC steps: theta <- theta - lr F^{-1} grad."""
     name = "kfac"
-    defaults = {"lr": 0.1, "damping": 1e-2, "decay": 0.95, "T": 5, "loss": "softmax_cross_entropy", "seed": 0}
+    defaults = {"lr": 0.1, "damping": 1e-2, "decay": 0.95, "T": 5, "loss": None, "seed": 0}   # loss: the model's
 
     def __init__(self, prog, **settings):
         super().__init__(prog, **settings)
         s = self.settings
+        s["loss"] = predictive_loss(prog, s["loss"])
         self.precond = KFACPreconditioner(prog, damping=s["damping"], decay=s["decay"], T=s["T"], loss=s["loss"])
 
     def step(self, theta, batch):
