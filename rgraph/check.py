@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .autodiff import rop_sweep, vjp_sweep
-from .errors import CheckError, RuleError, fmt_shape
+from .errors import CheckError
 from .graph import CONST, FLOAT, INPUT, PARAM, Value, constant, leaf, topo_order
+from .op import check_result
 
 
 def evaluate(outputs, feed: dict, dtype="float64"):
@@ -36,23 +37,10 @@ def evaluate(outputs, feed: dict, dtype="float64"):
         else:
             attrs = {k: (tuple(n if d is None else d for d in v) if k == "shape" else
                          dtype if (k == "dtype" and v == FLOAT) else v) for k, v in node.attrs.items()}
-            vals[node] = _checked(node, node.op.forward(np, *[vals[i] for i in node.inputs], **attrs), n, dtype)
+            result = node.op.forward(np, *[vals[i] for i in node.inputs], **attrs)
+            vals[node] = check_result(node, result, tuple(n if d is None else d for d in node.shape), dtype)
     results = [None if o is None else vals[o] for o in outs]
     return results[0] if single else results
-
-
-def _checked(node, result, n, dtype):
-    """A kernel's result, refused where it disagrees with the node's type (the op's shape rule, infer)."""
-    want = tuple(n if d is None else d for d in node.shape)
-    got_dtype = getattr(result, "dtype", None)
-    if np.shape(result) != want:
-        raise RuleError(f"op {node.op.name!r}: forward returned shape {np.shape(result)} at node {node.label}, but "
-                        f"its shape rule (infer) gives {fmt_shape(node.shape)}"
-                        + (f" = {want}" if None in node.shape else ""))
-    if node.dtype == FLOAT and got_dtype != dtype:
-        raise RuleError(f"op {node.op.name!r}: forward returned dtype {got_dtype} at node {node.label} in a {dtype} "
-                        f"evaluation (compute in the inputs' dtype)")
-    return result
 
 
 @dataclass

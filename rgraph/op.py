@@ -52,6 +52,20 @@ from .graph import COTANGENT, FLOAT, Type, Value, constant, leaf, topo_order
 REGISTRY: dict[str, "Op"] = {}
 
 
+def check_result(node, result, shape, dtype):
+    """``result`` of ``node``'s kernel, refused where it disagrees with the node's type (its op's shape
+    rule, infer): ``shape`` is the node's at the bound batch size, ``dtype`` the float dtype run in."""
+    got = getattr(result, "dtype", None)
+    if tuple(np.shape(result)) != shape:
+        raise RuleError(f"op {node.op.name!r}: forward returned shape {tuple(np.shape(result))} at node {node.label}, "
+                        f"but its shape rule (infer) gives {fmt_shape(node.shape)}"
+                        + (f" = {shape}" if None in node.shape else ""))
+    if node.dtype == FLOAT and got != dtype:
+        raise RuleError(f"op {node.op.name!r}: forward returned dtype {got} at node {node.label} in a {dtype} "
+                        f"evaluation (compute in the inputs' dtype)")
+    return result
+
+
 BUILTIN: set[str] = set()   # names of the ops rgraph itself registers (filled by ``import rgraph``)
 
 

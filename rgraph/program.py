@@ -15,7 +15,7 @@ import numpy as np
 from .compiler import ENTRIES
 from .errors import BindError, fmt_shape
 from .graph import CONST, COTANGENT, FLOAT, INITS, INPUT, PARAM, TANGENT
-from .op import empty, memory_order
+from .op import check_result, empty, memory_order
 
 SEEDED = {"jv": "v", "jtu": "u", "gv": "v", "hv": "v", "taps": "u"}
 
@@ -258,7 +258,10 @@ class Program:
             elif k == "dtype" and v == FLOAT:
                 v = self.dtype
             attrs[k] = v
-        return functools.partial(self.backend.kernel(node.op, self.dtype), self.xp, **attrs)
+        kernel = functools.partial(self.backend.kernel(node.op, self.dtype), self.xp, **attrs)
+        if type(node.op).__module__.partition(".")[0] != "rgraph":   # a user's op class: hold it to its shape rule
+            kernel = _held_to_type(kernel, node, tuple(n if d is None else d for d in node.shape), self.dtype)
+        return kernel
 
     def _tiled_kernel(self, node, n):
         """A Tiled node's kernels run chunk by chunk through cache-sized buffers (compiler.tile)."""
@@ -315,6 +318,14 @@ def _run(instrs, vals, n, skip_done=False, spare=None):
                            for i, k in zip(node.inputs, [x for x in instrs if x[3] is node][0][1]))
         raise BindError(f"op {node.op.name!r} failed at node {node.label} ({node.tag} pass, batch size {n}) "
                         f"on [{shapes}]: {e}") from e
+
+
+def _held_to_type(kernel, node, shape, dtype):
+    """A user op's kernel whose every result is checked against the node's type, so that a forward
+    disagreeing with its infer fails at that op rather than at whatever reads its result."""
+    def run(*args, **kwargs):
+        return check_result(node, kernel(*args, **kwargs), shape, dtype)
+    return run
 
 
 def _chain(a):

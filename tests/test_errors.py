@@ -243,3 +243,15 @@ def test_custom_op_protocol_mistakes_name_the_op_and_the_rule(mode, message):
 def test_check_graph_refuses_a_graph_too_large_for_dense_matrices():
     with pytest.raises(ValueError, match=r"dense 9610 x 9610 matrices.*max_size=2000"):
         rg.check_graph(rg.nn.mlp([64, 128, 10]))
+
+
+@pytest.mark.parametrize("mode, message", [("shape", r"forward returned shape \(4, 6\) at node .* gives \(N, 4\) = \(6, 4\)"),
+                                           ("dtype", "forward returned dtype float32")])
+def test_a_user_ops_kernel_is_held_to_its_shape_rule_in_a_compiled_program(mode, message):
+    """Not only in the checker: the program fails at the op, not at whatever reads its result."""
+    g, x, y, W = _dense_graph(f"held_{mode}")
+    g.output(ops.matmul(_Plain(f"held_{mode}", mode)(x), W))
+    g.set_loss(ops.softmax_cross_entropy(g.z, y))
+    prog = rg.compile(g)
+    with pytest.raises(rg.BindError, match=f"op 'held_{mode}' failed at node .*" + message):
+        prog.bind(prog.init_params(0), _batch(6))
