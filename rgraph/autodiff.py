@@ -202,7 +202,8 @@ def derive(graph, *, transposed=False) -> Passes:
 def _require_loss_through_output(graph, params):
     """Gauss-Newton products G = J^T B J + l2 I hold for a loss L(z(theta)) only: a parameter that reaches
     the loss other than through the output z would be silently left out of gv, so it is refused."""
-    direct = [p.name for p in params if p in set(topo_order([graph.loss], stop=[graph.z]))]
+    outside_z = set(topo_order([graph.loss], stop=[graph.z]))
+    direct = [p.name for p in params if p in outside_z]
     if direct:
         raise RuleError(f"graph {graph.name!r}: parameter(s) {direct} reach the loss other than through the output "
                         f"z (g.output), so Gauss-Newton products would leave them out; make them part of z, and "

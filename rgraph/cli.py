@@ -114,14 +114,18 @@ def _shape(text: str) -> tuple:
     return shape
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def at_least(minimum):
+    """An argparse type: an integer of at least ``minimum``, so that a bad count is a usage error, not a
+    traceback later on or a run that silently does nothing."""
+    def integer(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return integer
 
 
 def _attr(text: str):
@@ -390,7 +394,7 @@ def make_parser() -> argparse.ArgumentParser:
                        + ") or path/to/file.py:function returning a Graph")
         q.add_argument("--dtype", default="float64", choices=["float32", "float64"], help="default %(default)s")
         q.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="input shape for zoo models (no batch axis)")
-        q.add_argument("--num-classes", type=_positive, help="number of classes for zoo models")
+        q.add_argument("--num-classes", type=at_least(1), help="number of classes for zoo models")
         q.add_argument("--l2", type=float, help="l2 coefficient for zoo models")
 
     fmt = argparse.RawDescriptionHelpFormatter
@@ -420,7 +424,7 @@ def make_parser() -> argparse.ArgumentParser:
                 description="Per pass and stage: GEMMs, FLOPs, bytes moved and peak memory of one call, and "
                             "the ratio of a call's FLOPs to a gradient's (from Program.cost).")
     model_args(q)
-    q.add_argument("--batch", type=_positive, default=128, metavar="N", help="batch size (default %(default)s)")
+    q.add_argument("--batch", type=at_least(1), default=128, metavar="N", help="batch size (default %(default)s)")
     q.add_argument("--pass", dest="passes", action="append", metavar="PASS",
                    help=f"only these passes (repeatable; default all of {', '.join(COST_PASSES)})")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")

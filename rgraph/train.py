@@ -383,20 +383,6 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def _at_least(minimum):
-    """An argparse type: an integer of at least ``minimum``, so that a bad count is a usage error, not a
-    traceback later on or a run that silently does nothing."""
-    def integer(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    return integer
-
-
 def _setting(text):
     key, sep, value = text.partition("=")
     if not sep:
@@ -423,9 +409,9 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--data", default="digits", help=f"dataset: {', '.join(sorted(datasets.LOADERS))}")
     p.add_argument("--data-path", default=None, metavar="PATH", help="folder (mnist, cifar10) or file (npz) to read")
     p.add_argument("--optimizer", default="fitre", choices=sorted(OPTIMIZERS), help="the optimiser")
-    p.add_argument("--epochs", type=_at_least(1), default=5, metavar="N",
+    p.add_argument("--epochs", type=cli.at_least(1), default=5, metavar="N",
                    help="train up to this epoch (with --resume, in all)")
-    p.add_argument("--batch-size", type=_at_least(1), default=128, metavar="N", help="samples per optimiser step")
+    p.add_argument("--batch-size", type=cli.at_least(1), default=128, metavar="N", help="samples per optimiser step")
     p.add_argument("--l2", type=float, default=1e-4, metavar="X", help="l2 coefficient for zoo models")
     p.add_argument("--lr", type=float, help=f"learning rate ({_setting_defaults('lr')})")
     p.add_argument("--lam", type=float, help=f"initial Levenberg-Marquardt lambda ({_setting_defaults('lam')})")
@@ -441,14 +427,14 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "auto"],
                    help="auto: cupy where a GPU is usable, else numpy")
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"], help="the compute dtype")
-    p.add_argument("--seed", type=_at_least(0), default=0, metavar="N",
+    p.add_argument("--seed", type=cli.at_least(0), default=0, metavar="N",
                    help="data split, initial parameters, batch order")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/MODEL-OPTIMIZER)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pkl (same options)")
-    p.add_argument("--blas-threads", type=_at_least(1), default=None, metavar="N",
+    p.add_argument("--blas-threads", type=cli.at_least(1), default=None, metavar="N",
                    help="limit BLAS to N threads (needs threadpoolctl); on small models 1 is often fastest, "
                         "and far faster on a busy machine")
-    p.add_argument("--checkpoint-every", type=_at_least(0), default=0, metavar="N",
+    p.add_argument("--checkpoint-every", type=cli.at_least(0), default=0, metavar="N",
                    help="also checkpoint every N batches; 0: only at the end of each epoch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

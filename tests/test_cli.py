@@ -315,7 +315,7 @@ def test_show_writes_a_listing_with_o_and_refuses_a_missing_folder(tmp_path):
 def test_cost_refuses_a_batch_below_one_and_zero_classes():
     for flags in (("--batch", "-4"), ("--batch", "0"), ("--num-classes", "0")):
         r = rgraph("cost", "mlp", *flags)
-        assert r.returncode == 2 and "expected a positive integer" in r.stderr, flags
+        assert r.returncode == 2 and "must be at least 1" in r.stderr, flags
 
 
 def test_check_op_with_nothing_to_check_does_not_claim_passed_checks():
