@@ -116,7 +116,7 @@ def test_max_pooling_propagates_nan_like_numpy_argmax():
 @pytest.mark.parametrize("channels", [3, 9])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("memory", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("kernel, stride, padding", POOL_CASES + [((2, 3), (2, 3), ((0, 1), (0, 0))), (3, 1, 1)])
+@pytest.mark.parametrize("kernel, stride, padding", POOL_CASES + [((2, 3), (2, 3), ((0, 1), (0, 0))), (3, 1, 1), ((2, 4), None, 0)])
 def test_numpy_backend_pool_and_patch_kernels_match_the_reference_kernels(kernel, stride, padding, memory, dtype,
                                                                           channels, monkeypatch):
     """The NumPy backend's Numba pooling and patch kernels, batch-chunked and threaded where they
@@ -147,6 +147,28 @@ def test_numpy_backend_pool_and_patch_kernels_match_the_reference_kernels(kernel
         np.testing.assert_allclose(be.kernel(op)(np, *args, **attrs), ref, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(be.kernel(op)(np, *args, out=out, **attrs), ref, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("memory", ["NCHW", "NHWC", "WHCN"])
+@pytest.mark.parametrize("axis, keepdims", [((0, 2, 3), True), ((0, 2, 3), False), (1, False), (-1, True),
+                                            (None, False), ((0, 1, 2, 3), True), ((1, 2, 3), True), ((1, 2), False)])
+def test_numpy_backend_sum_matches_numpy_on_every_layout(axis, keepdims, memory, dtype, monkeypatch):
+    """The NumPy backend's sum (one GEMV with ones where the array's memory reads as a matrix of summed
+    and kept axes: a convolution's bias gradient) gives np.sum's result, fresh and into out=."""
+    from rgraph.backends import numpy as nb
+    monkeypatch.setattr(nb, "MIN_GEMV_SUM", 1)
+    x = rng.standard_normal((6, 5, 4, 3)).astype(dtype)
+    if memory == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    elif memory == "WHCN":
+        x = np.asfortranarray(x)
+    kernel, want = nb.BACKEND.kernel(ops.linalg.sum_op), np.sum(x.astype(np.float64), axis=axis, keepdims=keepdims)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    got = kernel(np, x, axis=axis, keepdims=keepdims)
+    assert got.shape == want.shape and got.dtype == dtype and np.allclose(got, want, rtol=tol, atol=tol)
+    out = np.full(want.shape, np.nan, dtype)
+    assert kernel(np, x, axis=axis, keepdims=keepdims, out=out) is out and np.allclose(out, want, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("kernel, stride, padding", POOL_CASES)

@@ -5,6 +5,8 @@ declaring ``per_sample`` (im2col, col2im, the pooling ops) run, where they alloc
 cache-sized batch chunks across threads. Every kernel here is checked against the op's own kernel in the tests."""
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -182,6 +184,55 @@ def matmul_add_blas(xp, c, a, b, transpose_a=False, transpose_b=False, out=None)
     return out
 
 
+MIN_GEMV_SUM = 1 << 16   # elements; below this NumPy's own reduction is as fast
+
+
+def sum_gemv(xp, x, axis=None, keepdims=False, out=None):
+    """A sum over axes of a large float array as GEMVs with vectors of ones (_sum_by_gemv): NumPy's
+    reduction over all but one axis runs far slower than BLAS (a bias gradient of VGG-mini's layer 1,
+    (128, 32, 16, 16) in NHWC memory: 0.94 -> 0.18 ms; layer 3's in NCHW: 0.48 -> 0.07 ms)."""
+    summed = tuple(range(x.ndim)) if axis is None else tuple(sorted({a % x.ndim for a in np.atleast_1d(axis)}))
+    value = _sum_by_gemv(x, summed) if x.size >= MIN_GEMV_SUM and x.dtype.kind == "f" else None
+    if value is None:
+        return np.sum(x, axis=axis, keepdims=keepdims, out=out)
+    shape = tuple(1 if a in summed else d for a, d in enumerate(x.shape)) if keepdims else \
+        tuple(d for a, d in enumerate(x.shape) if a not in summed)
+    if out is None:
+        return value.reshape(shape)
+    np.copyto(out, value.reshape(shape))
+    return out
+
+
+def _sum_by_gemv(x, summed):
+    """x summed over the axes ``summed``, its kept axes in their logical order, or None unless x is a
+    permutation of a C-contiguous array. In memory, x is runs of summed and of kept axes: the innermost
+    run, if summed, is one GEMV with ones over rows, the outermost one over columns; a summed run
+    between kept ones (rare) is left to NumPy on what remains."""
+    order = sorted(range(x.ndim), key=lambda a: -x.strides[a])   # outermost first
+    memory = x.transpose(order)
+    if not memory.flags.c_contiguous:
+        return None
+    runs = [(is_summed, int(np.prod([x.shape[a] for a in axes])))
+            for is_summed, axes in ((k, list(g)) for k, g in itertools.groupby(order, lambda a: a in summed))]
+    value = memory.reshape([size for _, size in runs])
+    if runs[-1][0]:
+        value = (value.reshape(-1, runs[-1][1]) @ _ones(runs[-1][1], x.dtype.str)).reshape(value.shape[:-1])
+        runs = runs[:-1]
+    if runs and runs[0][0]:
+        value = (_ones(runs[0][1], x.dtype.str) @ value.reshape(runs[0][1], -1)).reshape(value.shape[1:])
+        runs = runs[1:]
+    value = value.sum(axis=tuple(k for k, (is_summed, _) in enumerate(runs) if is_summed))
+    kept = [a for a in order if a not in summed]
+    return value.reshape([x.shape[a] for a in kept]).transpose(np.argsort(kept))
+
+
+@functools.lru_cache(maxsize=16)
+def _ones(n, dtype):
+    ones = np.ones(n, dtype)
+    ones.flags.writeable = False
+    return ones
+
+
 def _matrix_view(x, m, n):
     """x as an (m, n) matrix without a copy, or None."""
     try:
@@ -194,5 +245,6 @@ try:
     from .numba_kernels import KERNELS as NUMBA_KERNELS
 except ImportError:  # pragma: no cover - numba is a dependency; without it the ops' own kernels run
     NUMBA_KERNELS = {}
-BACKEND = Backend("numpy", np, out_kernels={**OUT_KERNELS, **NUMBA_KERNELS, "matmul_add": matmul_add_blas},
+BACKEND = Backend("numpy", np, out_kernels={**OUT_KERNELS, **NUMBA_KERNELS, "matmul_add": matmul_add_blas,
+                                                  "sum": sum_gemv},
                   fused=compile_fused, per_sample=split_batch, recycles=True, tiles=TILE_BYTES)
