@@ -89,6 +89,11 @@ class MatMul(Op):
         a, b = node.inputs[-2:]
         return not node.attrs.get("transpose_a", False) and a.shape[0] is None and None not in b.shape
 
+    def sums_batch(self, node):
+        """A^T B over samples (a weight gradient: both operands' rows are samples): chunk by chunk,
+        matmul_add(acc, A, B)."""
+        return _batch_sum(node)
+
     def merge_sum(self, x, y):
         """x + y as one GEMM over operands joined along the contracted axis, A1 B1 + A2 B2 = [A1 A2] [B1; B2],
         where the left operands are untransposed and joining them copies fewer elements than the output's
@@ -166,10 +171,23 @@ class MatMulAdd(Op):
         """As MatMul's, the accumulator sliced alike."""
         return node.inputs[0].shape[0] is None and MatMul.splits_batch(self, node)
 
+    def sums_batch(self, node):
+        """As MatMul's, the accumulator added once: C + A^T B = (C + A_1^T B_1) + A_2^T B_2 + ..."""
+        return _batch_sum(node)
+
     @staticmethod
     def products(node):
         """The products its GEMM computes (its accumulator's are counted where they are made)."""
         return _pieces(node.inputs[1], node.attrs.get("transpose_a", False))
+
+
+def _batch_sum(node):
+    """(matmul_add_op, 2) for a GEMM op(A)^T B whose operands' rows are samples, else None."""
+    a, b = node.inputs[-2:]
+    if node.attrs.get("transpose_a", False) and not node.attrs.get("transpose_b", False) \
+            and a.shape[:1] == b.shape[:1] == (None,):
+        return matmul_add_op, 2
+    return None
 
 
 class Reshape(Op):

@@ -194,6 +194,13 @@ class Op:
         such pairs chunk by chunk). Per-sample ops do; MatMul does when its rows are samples."""
         return self.per_sample
 
+    def sums_batch(self, node):
+        """For a node summing over the batch (its output has no batch axis; a weight gradient's GEMM):
+        ``(op, k)`` where it sums contributions of its last k inputs' samples and ``op(acc, *those)``
+        adds one batch slice's contributions to acc, so it may end a chain run chunk by chunk
+        (compiler.tile). None otherwise."""
+        return None
+
     def parts(self, node) -> tuple:
         """The nodes whose work ``node`` does (the cost model counts them): itself, or the members of a
         compound node (compiler.tile's)."""

@@ -249,8 +249,8 @@ class Program:
                                        else out)
         return kernel, tuple(self._slot[i] for i in node.inputs), self._slot[node], node
 
-    def _kernel(self, node, n):
-        """The backend's kernel of ``node`` with its attributes at batch size ``n``."""
+    def _kernel(self, node, n, op=None):
+        """The backend's kernel of ``node`` (or of ``op`` with node's attributes) at batch size ``n``."""
         attrs = {}
         for k, v in node.attrs.items():
             if k == "shape":
@@ -258,7 +258,7 @@ class Program:
             elif k == "dtype" and v == FLOAT:
                 v = self.dtype
             attrs[k] = v
-        kernel = functools.partial(self.backend.kernel(node.op, self.dtype), self.xp, **attrs)
+        kernel = functools.partial(self.backend.kernel(op or node.op, self.dtype), self.xp, **attrs)
         if type(node.op).__module__.partition(".")[0] != "rgraph":   # a user's op class: hold it to its shape rule
             kernel = _held_to_type(kernel, node, tuple(n if d is None else d for d in node.shape), self.dtype)
         return kernel
@@ -272,7 +272,10 @@ class Program:
         chunk = max(1, min(n, self.backend.tiles // max(1, layout.sample_bytes)))
         buffers = [empty(self.xp, (chunk,) + shape[1:], layout.dtype, m.op.out_order)
                    for m, shape in zip(members, layout.inner_shapes)]
-        return functools.partial(run_tiled, self.xp, [self._kernel(m, n) for m in members], layout, chunk, buffers)
+        last = members[-1]
+        accumulate = self._kernel(last, n, op=last.op.sums_batch(last)[0]) if layout.sums else None
+        return functools.partial(run_tiled, self.xp, [self._kernel(m, n) for m in members], layout, chunk, buffers,
+                                 accumulate=accumulate)
 
     # --- looking at it --------------------------------------------------------------------------
 

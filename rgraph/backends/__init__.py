@@ -103,10 +103,12 @@ def sum_out(xp, x, axis=None, keepdims=False, out=None):
 OUT_KERNELS = {"matmul": matmul_out, "matmul_add": matmul_add_out, "sum": sum_out}
 
 
-def run_tiled(xp, kernels, layout, chunk, buffers, *arrays, out=None):
+def run_tiled(xp, kernels, layout, chunk, buffers, *arrays, out=None, accumulate=None):
     """A Tiled node (compiler.tile): for each ``chunk`` samples of the batch, each member's kernel in turn
     writes its intermediate into its chunk-sized buffer (so it stays in cache), the next reads it from
-    there, and the last writes its slice of the result. ``layout`` is a TileLayout; kernels take ``out=``."""
+    there, and the last writes its slice of the result, or, where it sums over the batch (layout.sums),
+    the whole result from the first chunk and ``accumulate(result, *its summed inputs)`` adds each next
+    chunk's. ``layout`` is a TileLayout; kernels take ``out=``."""
     from ..op import empty
     if out is None:
         out = empty(xp, layout.out_shape, layout.dtype, layout.out_order)
@@ -118,7 +120,14 @@ def run_tiled(xp, kernels, layout, chunk, buffers, *arrays, out=None):
             taken += arity
             if position is not None:
                 own.insert(position, value)
-            value = kernel(*own, out=out[s:e] if k == last else buffers[k][:e - s])
+            if k < last:
+                value = kernel(*own, out=buffers[k][:e - s])
+            elif not layout.sums:
+                kernel(*own, out=out[s:e])
+            elif s == 0:
+                kernel(*own, out=out)
+            else:
+                accumulate(out, *own[len(own) - layout.sums:], out=out)
     return out
 
 
