@@ -52,9 +52,11 @@ def test_fused_equals_unfused(name, g, dtype, tol, kernels, monkeypatch):
 
 
 def test_compiled_loops_read_every_layout_or_hand_over_to_ufuncs(monkeypatch):
-    """A compiled loop reads inputs of the output's memory order at i, a broadcast bias over the last
-    memory axes at c, a scalar at 0, and an input it overwrites through the output; anything else (here
-    an input in another memory order) runs the ufunc kernel. Each gives the ufunc kernel's result."""
+    """A compiled loop reads inputs of the output's memory order at i (one in another order copied into
+    it first), a broadcast bias over the last memory axes at c, a scalar at 0, and an input it
+    overwrites through the output; anything else (here a per-sample scalar, varying along the outermost
+    axis) runs the ufunc kernel. Each gives the ufunc kernel's result, laid out in the order most
+    inputs share."""
     from rgraph.backends.numpy import compile_fused
     from rgraph.backends.ufunc_kernel import UfuncKernel
     ran = _counting_loops(monkeypatch)
@@ -73,7 +75,8 @@ def test_compiled_loops_read_every_layout_or_hand_over_to_ufuncs(monkeypatch):
                             for k in range(len(op.params))],
                    "scalar": [np.empty(()) if k == 0 else np.empty(shape) for k in range(len(op.params))],
                    "mixed": [np.empty(shape) if k == 0 else rg.op.empty(np, shape, np.float64, nhwc)
-                             for k in range(len(op.params))]}
+                             for k in range(len(op.params))],
+                   "per-sample": [np.empty((4, 1, 1, 1)) if k == 0 else np.empty(shape) for k in range(len(op.params))]}
         if len(op.params) == 1:  # exp(in0): the other layouts need a second operand to mean anything
             layouts = {"nhwc": layouts["nhwc"]}
         for name, arrays in layouts.items():
@@ -84,7 +87,9 @@ def test_compiled_loops_read_every_layout_or_hand_over_to_ufuncs(monkeypatch):
             got = kernel(np, *arrays, shape=shape)
             for w, r in zip(*(x if isinstance(x, tuple) else (x,) for x in (want, got))):
                 np.testing.assert_allclose(r, w, rtol=1e-14, atol=0)
-            assert len(ran) == before + (name != "mixed"), name
+            assert len(ran) == before + (name != "per-sample"), name
+            if name == "mixed" and len(op.params) > 2:   # NHWC, as all but one input
+                assert all(rg.op.memory_order(r) == nhwc for r in (got if isinstance(got, tuple) else (got,)))
         if len(op.exprs) == 1:  # in place: the output is the last input's memory
             arrays = [rng.standard_normal(shape) for _ in op.params]
             want = reference(np, *arrays, shape=shape)

@@ -10,11 +10,12 @@ pow) stay with the ufunc kernels: Numba's scalar libm calls do not vectorise wit
 SIMD loops beat them 1.5-4x (measured). ``worth_a_loop`` says which kernels ``compile_fused`` gives
 this class.
 
-The loop runs over the output's memory as rows of K elements: an operand of the output's shape and
-memory order is read at i = r*K + c, a broadcast operand varying only within a row (a bias over the
-last memory axes: channels in NHWC memory, features of a dense layer) at c, a scalar at 0. Calls on
-other layouts, on small outputs (where compiling would not pay) or before the loop is compiled run the
-ufunc kernel, which computes the same thing.
+The loop runs over the output's memory (the order of ``out``, else the one most operands share) as
+rows of K elements: an operand of the output's shape and memory order is read at i = r*K + c (one in
+another order is first copied into it), a broadcast operand varying only within a row (a bias over
+the last memory axes: channels in NHWC memory, features of a dense layer) at c, a scalar at 0. Calls
+on other layouts, on small outputs (where compiling would not pay) or before the loop is compiled run
+the ufunc kernel, which computes the same thing.
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ class NumbaKernel:
         self.threaded = THREADED_EXP if has_exponential(op.exprs) else THREADED
         self.source = self.fallback.source
         self._loops = {}   # operand kinds -> compiled loop (printing the source to look it up cost 0.35 ms)
+        self._copies = {}  # operands in another memory order, copied into the result's (_in_order)
 
     def __call__(self, xp, *arrays, shape=None, out=None):
         shape = tuple(shape)
@@ -67,20 +69,33 @@ class NumbaKernel:
         _run_rows(self._loops[kinds], flat[0].size // K, K, flat, self.threaded)
         return results[0] if len(results) == 1 else tuple(results)
 
+    def _in_order(self, j, a, order):
+        """Operand j copied into the result's memory order, in a buffer the kernel keeps: one pass over
+        it, where the ufunc kernel over mixed orders ran 3.5x slower per byte (a dense layer's NCHW
+        cotangent meeting NHWC pooled values in Hv: 1.84 ms for 262k elements)."""
+        key = (j, a.shape, a.dtype.str, order)
+        if key not in self._copies:
+            self._copies[key] = empty(np, a.shape, a.dtype, order)
+        np.copyto(self._copies[key], a)
+        return self._copies[key]
+
     def _plan(self, arrays, shape, out):
         """(results, outputs then inputs as flat arrays in the outputs' memory order, the inputs' kinds,
         K), or None where the ufunc kernel runs."""
         if any(not isinstance(a, np.ndarray) or a.dtype != self.dtype for a in arrays):
             return None
-        result_order = memory_order(next((a for a in arrays if a.shape == shape), None))
+        result_order = memory_order(out[0]) if out is not None else _most_common(
+            [memory_order(a) for a in arrays if a.shape == shape])
         order = result_order or tuple(range(len(shape)))
         mem_shape = tuple(shape[a] for a in order)
         flat, kinds, first = [], [], None
-        for a in arrays:
+        for j, a in enumerate(arrays):
             m = np.broadcast_to(a, shape).transpose(order)
             if a.shape == shape or a.size == 1:
                 if not m.flags.c_contiguous and a.size > 1:
-                    return None
+                    m = self._in_order(j, a, result_order).transpose(order)
+                    if not m.flags.c_contiguous:
+                        return None
                 flat.append(a.reshape(-1) if a.size == 1 else m.reshape(-1))
                 kinds.append("scalar" if a.size == 1 else "full")
                 continue
@@ -108,6 +123,11 @@ class NumbaKernel:
             sizes = np.cumprod(mem_shape[::-1])
             first = len(mem_shape) - 1 - min(int(np.searchsorted(sizes, ROW)), len(sizes) - 1)
         return results, flat, tuple(kinds), int(np.prod(mem_shape[first:]))
+
+
+def _most_common(orders):
+    """The memory order most operands share (the first of those tied); None (C order) for none."""
+    return max(orders, key=orders.count, default=None)
 
 
 def _data(a):
