@@ -253,6 +253,9 @@ class Graph:
         _check_value(z, "output")
         if z.ndim == 0 or z.shape[0] is not None:
             raise ShapeError(f"graph {self.name!r}: the output must be batch-major (N, ...); got {z.type}")
+        if self.z is not None and self.z is not z:   # a second call would silently drop the first output
+            raise ValueError(f"graph {self.name!r} already has an output ({self.z.label}, {self.z.type}); "
+                             "a graph has one output: build a new graph for another")
         self.z = z
         return z
 

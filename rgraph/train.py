@@ -192,8 +192,11 @@ def _write_metrics(out, history):
 
 
 def train(graph, dataset, optimizer="fitre", *, epochs=10, batch_size=128, seed=0, out=None, resume=False,
-          dtype="float64", backend="numpy", settings=None, progress=True, log=print, checkpoint_every=0):
+          dtype="float64", backend="numpy", settings=None, progress=True, log=print, checkpoint_every=0,
+          on_start=None):
     """Train ``graph`` on ``dataset``; returns (theta as a host array, history of per-epoch metrics).
+    ``on_start()``, if given, is called once everything is set up, before the first step (a setup
+    error is raised before it).
 
     Randomness is counter-based: the batch order of an epoch comes from ``(seed, epoch)`` and each
     optimiser step draws from ``(settings["seed"], step)``, so the checkpoint's position (epoch, batch)
@@ -209,6 +212,8 @@ def train(graph, dataset, optimizer="fitre", *, epochs=10, batch_size=128, seed=
         if run.start_epoch >= epochs:   # leave the finished run's files as they are
             log(f"already trained to epoch {run.start_epoch}; raise --epochs (now {epochs}) to continue")
             return run.prog.backend.to_host(run.theta), run.history
+    if on_start is not None:
+        on_start()
     run.start_files()
     for epoch in range(run.start_epoch, epochs):
         log(format_record(run.epoch(epoch, progress, checkpoint_every)))
@@ -477,14 +482,15 @@ def _run(args, out, replaces_checkpoint) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"rgraph train: {e}", file=sys.stderr)
         return 2
-    print(f"{graph.name} on {dataset} with {args.optimizer}; writing {out}")
-    if replaces_checkpoint:
-        print(f"rgraph train: warning: {out} holds the checkpoint of an earlier run; this run starts over and "
-              f"replaces it (add --resume to continue that run instead)", file=sys.stderr)
+    def header():   # once the run is set up: a setup error stands alone
+        print(f"{graph.name} on {dataset} with {args.optimizer}; writing {out}")
+        if replaces_checkpoint:
+            print(f"rgraph train: warning: {out} holds the checkpoint of an earlier run; this run starts over and "
+                  f"replaces it (add --resume to continue that run instead)", file=sys.stderr)
     try:
         train(graph, dataset, args.optimizer, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
               out=out, resume=args.resume, dtype=args.dtype, backend=args.backend, settings=settings,
-              progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
+              progress=not args.no_progress, checkpoint_every=args.checkpoint_every, on_start=header)
     except (FileNotFoundError, SetupError) as e:   # found before the first step: no checkpoint, a bad setting, ...
         print(f"rgraph train: {e}", file=sys.stderr)
         return 2

@@ -41,6 +41,12 @@ def test_graph_declaration_errors():
         g.set_loss(g.inputs["x"])
     with pytest.raises(rg.ShapeError, match="only axis 0"):
         Type((3, None))
+    x = g.inputs["x"]
+    z = g.output(x * 2.0)
+    assert g.output(z) is z   # the same output again is no change
+    with pytest.raises(ValueError, match="already has an output .*one output"):
+        g.output(x * 3.0)
+    assert g.z is z
 
 
 def test_wrong_batch_shape_dtype_and_missing_inputs():

@@ -109,6 +109,7 @@ def test_console_script_trains_an_mlp_from_a_user_file(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "epoch   2" in proc.stdout and (out / "metrics.jsonl").exists()
+    assert proc.stdout.startswith("mlp on <Dataset digits") and proc.stdout.index("writing") < proc.stdout.index("epoch   1")
 
 
 def test_metrics_and_config_hold_what_the_run_did(tmp_path):
@@ -262,9 +263,11 @@ def test_bad_input_is_one_line_on_stderr_and_status_2(case, bad_files, capsys):
     tmp = str(bad_files)
     args = ["train", "--model", "mlp", "--epochs", "1", "--batch-size", "512", "--no-progress", "--out", f"{tmp}/run"]
     assert cli.main(args + [a.format(tmp=tmp) for a in extra]) == 2
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert err.startswith("rgraph train: ") and err.count("\n") == 1, err
     assert message.format(tmp=tmp) in err
+    assert captured.out == ""   # no "... writing" header line before the error
 
 
 @pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--epochs", "-1"), ("--batch-size", "0"),
