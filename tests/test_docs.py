@@ -73,3 +73,11 @@ def test_make_figures_writes_every_committed_figure(tmp_path):
     for name in made:
         svg = (tmp_path / name).read_text()
         assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+        if name in committed:   # the committed drawing shows the program the compiler makes today
+            assert _labels(svg) == _labels((DOCS / "figures" / name).read_text()), \
+                f"docs/figures/{name} is stale: run python docs/make_figures.py"
+
+
+def _labels(svg):
+    """The texts a drawing shows (nodes, kernels' expressions, clusters), whatever graphviz's layout."""
+    return sorted(re.findall(r">([^<]*)</text>", svg))
