@@ -191,8 +191,10 @@ def sum_gemv(xp, x, axis=None, keepdims=False, out=None):
     """A sum over axes of a large float array as GEMVs with vectors of ones (_sum_by_gemv): NumPy's
     reduction over all but one axis runs far slower than BLAS (a bias gradient of VGG-mini's layer 1,
     (128, 32, 16, 16) in NHWC memory: 0.94 -> 0.18 ms; layer 3's in NCHW: 0.48 -> 0.07 ms)."""
+    if x.size < MIN_GEMV_SUM or x.dtype.kind != "f":
+        return np.sum(x, axis=axis, keepdims=keepdims, out=out)
     summed = tuple(range(x.ndim)) if axis is None else tuple(sorted({a % x.ndim for a in np.atleast_1d(axis)}))
-    value = _sum_by_gemv(x, summed) if x.size >= MIN_GEMV_SUM and x.dtype.kind == "f" else None
+    value = _sum_by_gemv(x, summed)
     if value is None:
         return np.sum(x, axis=axis, keepdims=keepdims, out=out)
     shape = tuple(1 if a in summed else d for a, d in enumerate(x.shape)) if keepdims else \
@@ -245,6 +247,6 @@ try:
     from .numba_kernels import KERNELS as NUMBA_KERNELS
 except ImportError:  # pragma: no cover - numba is a dependency; without it the ops' own kernels run
     NUMBA_KERNELS = {}
-BACKEND = Backend("numpy", np, out_kernels={**OUT_KERNELS, **NUMBA_KERNELS, "matmul_add": matmul_add_blas,
-                                                  "sum": sum_gemv},
+BACKEND = Backend("numpy", np,
+                  out_kernels={**OUT_KERNELS, **NUMBA_KERNELS, "matmul_add": matmul_add_blas, "sum": sum_gemv},
                   fused=compile_fused, per_sample=split_batch, recycles=True, tiles=TILE_BYTES)

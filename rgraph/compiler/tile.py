@@ -17,11 +17,11 @@ Measured on VGG-mini's conv2 at batch 128 on 2 cores (a 37.7 MB patch matrix): G
 VGG-mini, interleaved against tile=False (three runs): gradient 1.05-1.10x, jv 1.06-1.10x, jtu
 1.12-1.24x, gv 1.10-1.13x, hv 1.01-1.08x faster; Hv with the joining concat in its chains 1.02x faster
 than with pairs alone. Hv's R-forward patches recomputed in two chains instead of written out: Hv's
-bytes 896 -> 726 MB, its peak memory 262 -> 206 MB, 2.5% faster (median of 30 interleaved calls). One
-chain feeding both readers from one im2col per chunk would save about as much again (by hand at
-conv2: 28.5 -> 21.5 ms, against 25 for two chains) but needs a two-output Tiled node and the weight
-term's accumulating GEMM turned around (its accumulator is computed later). A GEMM's result feeding
-another GEMM (an accumulator) measured no gain beyond noise and is not chained.
+bytes 896 -> 726 MB, its peak memory 262 -> 206 MB, 2.2-2.5% faster (medians of 24-30 interleaved
+calls). One chain feeding both readers from one im2col per chunk would save a little more (by hand at
+conv2: 21.5 ms, against 23-25 for two chains and 28.5 for none) but needs a two-output Tiled node and
+the weight term's accumulating GEMM turned around (its accumulator is computed later). A GEMM's result
+feeding another GEMM (an accumulator) measured no gain beyond noise and is not chained.
 """
 from __future__ import annotations
 
@@ -35,13 +35,13 @@ from .module import Module
 from .passes import _clone, stage
 
 MIN_SAMPLE_BYTES = 64 << 10   # an intermediate smaller than this per sample (float32) stays in cache anyway
-EXPANDS = 4
+EXPANDS = 4                   # a result this many times its inputs is recomputed per reader (_expands)
 
 
 class Tiled(Op):
     """A chain of per-sample nodes, each read only by the next (the last may sum over the batch), run
-    over chunks of the batch (compiler.tile). Inputs: the first member's, then each next member's without its predecessor;
-    attrs: ``members``, the nodes it stands for, in order."""
+    over chunks of the batch (compiler.tile). Inputs: the first member's, then each next member's
+    without its predecessor; attrs: ``members``, the nodes it stands for, in order."""
     name, kind, writes_out = "tiled", "tiled", True
 
     def infer(self, *types, members) -> Type:
