@@ -25,6 +25,12 @@ def tiled_pairs(prog, entry):
             if n.op.kind == "tiled"]
 
 
+def summing_chains(prog, entry):
+    """The chains ending in a node that sums over the batch (its result has no batch axis)."""
+    return [tuple(m.op.name for m in n.op.parts(n)) for stage in prog._plans[entry] for n in stage
+            if n.op.kind == "tiled" and n.shape[:1] != (None,)]
+
+
 def test_vgg_mini_tiles_its_patch_matrices_with_their_gemms():
     """The backward's GEMM -> col2im in every entry with a backward pass (in Hv's R-backward, from the
     joining of the GEMM's operands on); the R-forward's im2col -> GEMM; and in Hv, whose weight term
@@ -50,15 +56,17 @@ def test_vgg_mini_tiles_its_patch_matrices_with_their_gemms():
             assert (again > 0) == (entry == "hv" and part == "vector")
 
 
+@pytest.mark.parametrize("merge", [True, False])   # Hv's weight term a matmul_add, or a matmul and an add
 @pytest.mark.parametrize("tile_bytes", [1, 3000, 1 << 30])   # chunks of 1 sample, uneven chunks, one chunk
-def test_tiled_programs_give_the_untiled_results(tile_bytes, monkeypatch):
+def test_tiled_programs_give_the_untiled_results(tile_bytes, merge, monkeypatch):
     monkeypatch.setattr(tile_stage, "MIN_SAMPLE_BYTES", 0)
     monkeypatch.setattr(BACKEND, "tiles", tile_bytes)
     g = cnn()
     batch = batch_for(g, 7)
-    prog = rg.compile(g)
+    prog = rg.compile(g, merge=merge)
     assert tiled_pairs(prog, "gv") and tiled_pairs(prog, "grad")
-    assert ("im2col", "matmul_add") in tiled_pairs(prog, "hv")   # a chain summing over the batch
+    assert summing_chains(prog, "hv") == [("im2col", "matmul_add" if merge else "matmul")]   # conv2 weight term
+    assert not summing_chains(prog, "gv")
     plain = products(rg.compile(g, tile=False), batch)
     for result in (products(prog, batch), products(prog, batch)):  # allocating, then planned and recycled
         for entry in ENTRIES:
