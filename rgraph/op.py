@@ -28,9 +28,9 @@ which the compiler uses to move per-call products to the smaller side (a v-indep
 gather is then computed once per batch), and with linearity to merge the scattered terms of a sum into
 one scatter. A selection that is total (every output entry of a
 gather is an input entry, never a padding zero; every input entry of a scatter lands in the output)
-also names the axes it moves entries along (``selection_axes``): a value b constant along them passes
-through, gather(x + b) = gather(x) + b, and a sum over them sees through a scatter, sum(scatter(a)) =
-sum(a). See rgraph/compiler/selections.py.
+also names the axes it moves entries along (``selection_axes``): it then commutes with every elementwise
+function, a value b constant along those axes passing through, gather(f(x, b)) = f(gather(x), b), and
+a sum over them sees through a scatter, sum(scatter(a)) = sum(a). See rgraph/compiler/selections.py.
 
 Sums: ``merge_sum(x, y)`` may return one node computing x + y for two per-call results of the op that
 nothing else reads (MatMul: one GEMM over joined operands, or one accumulating into x); the compiler's

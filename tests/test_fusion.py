@@ -20,6 +20,11 @@ def graphs():
         yield f"mlp-{act}-{len(sizes) - 1}", rg.nn.mlp(sizes, activation=act, loss=loss, l2=1e-3)
     yield "cnn", small_cnn()
     yield "convnet", rg.nn.small_cnn(input_shape=(2, 6, 6), channels=(3, 4), l2=1e-3)
+    yield "convnet-bn", rg.nn.small_cnn(input_shape=(2, 6, 6), channels=(3, 4), l2=1e-3, batchnorm=True)
+    nn = rg.nn   # padded, overlapping windows: not a total selection, so only products move through it
+    yield "convnet-padded-pool", nn.Sequential(
+        [nn.Conv2d(3, 3, padding=1), nn.Activation("swish"), nn.MaxPool2d(3, stride=2, padding=1), nn.Flatten(),
+         nn.Dense(4)], input_shape=(2, 6, 6), num_classes=4, l2=1e-3)
 
 
 def _counting_loops(monkeypatch):
@@ -274,3 +279,28 @@ def test_biases_and_bias_gradients_run_at_pooled_resolution():
     report = rg.check_graph(g, batch_size=2, seed=3)
     assert report.ok, str(report)
 
+
+
+def test_gradient_and_forward_kernels_run_at_pooled_resolution_where_they_can():
+    """A gather moves through every elementwise function of a total selection, down to the values it
+    reads at full resolution: gather(f'(s)) = f'(gather(conv) + b). So the gradient's f'(s) scatter(g)
+    runs as scatter(g f'(gather(s))), each batch stage computes f'(s) at pooled resolution only, and no
+    pass but the forward's activation reads s or sigmoid(s) at full resolution: the forward kernel
+    before each max pooling writes the activation alone (it wrote s and sigmoid(s) beside it)."""
+    g = rg.nn.small_cnn(input_shape=(2, 8, 8), channels=(3, 4), l2=1e-3)
+    prog = rg.compile(g)
+    pools = [n for n in prog._plans["loss"][0] if n.op.name == "pool_max"]
+    assert len(pools) == 2
+    full = {p.inputs[0].shape for p in pools}
+    for p in pools:
+        assert p.inputs[0].op.kind == "fused" and len(p.inputs[0].op.exprs) == 1
+    for entry in ("grad", "gv", "hv", "jv", "jtu"):
+        batch, vector = prog._plans[entry]
+        at_full = [n for n in batch + vector if n.op.kind in ("fused", "elementwise") and n.shape in full
+                   and n not in [p.inputs[0] for p in pools]]
+        assert not at_full, (entry, [n.label for n in at_full])
+    plain = rg.compile(g, fuse=False)._plans["grad"][0]   # the reference multiplies at full resolution
+    assert [n for n in plain if n.op.kind == "elementwise" and n.shape in full and n.tag == "backward"]
+    for batch_size in (2, 5):
+        report = rg.check_graph(g, batch_size=batch_size, seed=4)
+        assert report.ok, str(report)

@@ -195,8 +195,9 @@ def hoist(module: Module) -> Module:
     ``swish.vjp: g * (sigmoid(s) + s sigmoid(s)(1 - sigmoid(s)))`` reads the seed through g only, so the
     bracket (the derivative of swish at s) becomes one batch-stage node, computed in ``bind`` and cached,
     and the per-call kernel is ``g * c``. The J v, J^T u, Gv and Hv passes all share that one node.
-    A v-independent factor's product is then moved through a selection to its smaller side
-    (``through_selections``). Last, transcendental subexpressions over the same inputs used by several
+    Products with such factors, and the gradient's own (f'(s) scatter(g)), then move through a
+    selection to its smaller side, and the factor's gather down to what it reads (``through_selections``:
+    gather(f'(s)) = f'(gather(s))). Last, transcendental subexpressions over the same inputs used by several
     batch-stage nodes (the sigmoid(s) of swish and of each of its derivatives) become one node of their
     own, so the program evaluates each once.
     """

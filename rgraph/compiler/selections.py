@@ -1,20 +1,24 @@
 """Moving work through selections (part of hoist): max pooling's R-op gathers and its VJP scatters.
 
 A selection op (``Op.selection``; see rgraph/op.py) commutes with elementwise products, and a total one
-(``Op.selection_axes``) lets a value constant along its axes, and a sum over them, through unchanged:
+(``Op.selection_axes``: every output entry is one input entry, moved along those axes only) with every
+elementwise function, a value constant along its axes (a convolution's bias) passing through unchanged,
+and a sum over its axes sees through its scatter:
 
     gather(x * c)  = gather(x) * gather(c)       scatter(a) * c = scatter(a * gather(c))
-    gather(x + b)  = gather(x) + b               sum(scatter(a), axes) = sum(a, axes)
+    gather(f(x, b)) = f(gather(x), b)            sum(scatter(a), axes) = sum(a, axes)
 
-(b constant along the selection axes, such as a convolution's bias; the sum's axes covering them). With
-linearity, scatter(a) + scatter(b) = scatter(a + b), a sum of terms each zero off one selection becomes
+With linearity, scatter(a) + scatter(b) = scatter(a + b), a sum of terms each zero off one selection
+becomes
 
     scatter(a) * r + (scatter(b) * c) * t = scatter(a * gather(r) + b * gather(c) * gather(t))
 
 which is Hv's R-backward through an activation before max pooling: f'(s) scatter(R{g}) + f''(s)
-scatter(g) R{s}. Each rewrite moves per-call elementwise work from the full to the pooled resolution,
-a quarter of the entries for 2x2 pooling: the gather of a v-independent factor (f'(s), f''(s)) is
-computed once per batch, and gather(R{s}) is the one the R-forward pass makes anyway.
+scatter(g) R{s}. Each rewrite moves elementwise work from the full to the pooled resolution, a quarter
+of the entries for 2x2 pooling, per call (the R-forward's f'(s) R{s}) and per batch (the gradient's
+f'(s) scatter(g)). A gather is pushed down to the values an elementwise expression reads at full
+resolution: gather(f'(s)) = f'(gather(s)) and gather(s) = gather(conv) + b, so that no pass reads s or
+sigmoid(s) at full resolution and the forward kernel writes only the activation the pooling reads.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import numpy as np
 
 from .. import expr as ex
 from ..graph import FLOAT
+from ..op import broadcasts_to
 from .module import Module
 from .passes import _clone, _ExprNodes, _new, cse
 
@@ -67,18 +72,21 @@ def _product(node, vector):
     return (a, b) if a in vector else (b, a)
 
 
-def _biased(node, axes):
-    """(x, b) when ``node`` is a sum x + b, x of its shape and b broadcast along every axis in ``axes``
-    (a per-channel bias, for the spatial axes of pooling); else None."""
-    pair = _binary(node, "add")
-    if pair is None:
-        return None
-    for x, b in (pair, pair[::-1]):
-        if x.shape == node.shape and b.ndim <= node.ndim:
-            lead = node.ndim - b.ndim
-            if all(a < lead or b.shape[a - lead] == 1 for a in axes):
-                return x, b
-    return None
+def _constant_along(v, shape, axes):
+    """Whether v broadcasts to ``shape`` and is constant along every axis in ``axes`` (a per-channel
+    bias, for the spatial axes of pooling)."""
+    lead = len(shape) - v.ndim
+    return broadcasts_to(v.shape, shape) and all(a < lead or v.shape[a - lead] == 1 for a in axes)
+
+
+def _elementwise_over(node, axes):
+    """Whether a gather moving entries along ``axes`` may move through ``node``: a float elementwise
+    node whose inputs are floats of its shape (one at least) or constant along the axes."""
+    if node.is_leaf or node.op.kind != "elementwise" or node.dtype != FLOAT:
+        return False
+    full = [i for i in node.inputs if i.shape == node.shape]
+    return bool(full) and all(i.dtype == FLOAT for i in full) and \
+        all(i.shape == node.shape or _constant_along(i, node.shape, axes) for i in node.inputs)
 
 
 def _split(e, op):
@@ -126,19 +134,23 @@ def _scattered_terms(node, sole, vector):
 
 
 def through_selections(module: Module) -> Module:
-    """Apply the identities above wherever they shrink per-call work: the product or sum rewritten
-    must have no other reader in the entry (which would still need it at full resolution). Entries
-    differ there (Hv reads R{s} again for its second-order term, Gv does not), so each entry is
-    rewritten on its own and common subexpressions are shared again afterwards."""
+    """Apply the identities above wherever they shrink the work: the product or sum rewritten must have
+    no other reader (which would still need it at full resolution). Per-call values are each entry's
+    own and entries differ there (Hv reads R{s} again for its second-order term, Gv does not), so each
+    entry is rewritten on its own and common subexpressions are shared again afterwards; batch-stage
+    values are cached and shared by every entry, so their readers are counted over all entries (each
+    entry then rewrites them alike)."""
+    shared = collections.Counter(i for node in module.nodes() for i in node.inputs)
+    shared.update(module.outputs())
     for name, outs in module.entries.items():
-        mapping = _rewrite_entry(module, name)
+        mapping = _rewrite_entry(module, name, shared)
         module.entries[name] = [None if v is None else mapping.get(v, v) for v in outs]
     return cse(module)
 
 
-def _rewrite_entry(module, name):
+def _rewrite_entry(module, name, shared):
     """old node -> its rewrite, over the nodes entry ``name`` needs."""
-    rewriter = _EntryRewriter(module, name)
+    rewriter = _EntryRewriter(module, name, shared)
     for node in rewriter.nodes:
         if not node.is_leaf:
             rewriter.mapping[node] = rewriter.rewrite(node)
@@ -148,14 +160,16 @@ def _rewrite_entry(module, name):
 class _EntryRewriter:
     """The rewrites of one entry's nodes, in creation order; ``mapping`` holds those made so far."""
 
-    def __init__(self, module, name):
+    def __init__(self, module, name, shared):
         self.vector, self.nodes = module.vector, module.nodes([name])
         self.readers = collections.Counter(i for node in self.nodes for i in node.inputs)
         self.readers.update(module.outputs([name]))
-        self.mapping, self.made = {}, _ExprNodes()
+        self.shared = shared
+        self.known = set(self.nodes)
+        self.mapping, self.made, self.sources, self.stage_of = {}, _ExprNodes(), {}, {}
 
     def sole(self, v):
-        return self.readers[v] == 1
+        return (self.readers if v in self.vector else self.shared)[v] == 1
 
     def mapped(self, v):
         return self.mapping.get(v, v)
@@ -167,8 +181,7 @@ class _EntryRewriter:
         new = None
         if node.op.selection == "gather" and _size(node.shape) < _size(node.inputs[0].shape):
             new = self.gather(_clone(node, inputs), node.inputs[0])
-        elif node in self.vector and node.op.kind == "elementwise" and \
-                (terms := _scattered_terms(node, self.sole, self.vector)):
+        elif node.op.kind == "elementwise" and (terms := _scattered_terms(node, self.sole, self.vector)):
             new = self.scatter_of_sum(node, terms)
         elif node.op.name in SEE_THROUGH_SCATTER and getattr(inputs[0].op, "selection", None) == "scatter":
             axes = inputs[0].op.selection_axes(inputs[0])
@@ -177,18 +190,34 @@ class _EntryRewriter:
         return new if new is not None else _clone(node, inputs)
 
     def gather(self, sel, x):
-        """sel (a gather, inputs mapped) applied to the original value x, pushed through x's sole-read
-        products with v-independent factors and biases."""
-        from ..ops import add, mul
-        if self.sole(x):
-            if (prod := _product(x, self.vector)) is not None:
-                a, c = prod
-                return _new(mul, (self.gather(sel, a), _batch_node(sel.op.select(sel, self.mapped(c)))), x.tag)
-            axes = sel.op.selection_axes(sel)
-            if axes is not None and (biased := _biased(x, axes)) is not None:
-                a, b = biased
-                return _new(add, (self.gather(sel, a), self.mapped(b)), x.tag)
-        return _clone(sel, (self.mapped(x),) + sel.inputs[1:])
+        """sel (a gather, inputs mapped) applied to the original value x, pushed through x where that
+        reads no more at full resolution than gathering x would: through any elementwise x for a total
+        selection, when nothing else reads x or x reads one full-resolution value (gather(f'(s)) =
+        f'(gather(s)), gather(s + b) = gather(s) + b); else through a product of x's with a
+        v-independent factor nothing else reads."""
+        from ..ops import mul
+        axes = sel.op.selection_axes(sel)
+        if axes is not None and _elementwise_over(x, axes) and (self.sole(x) or len(self.read_through(x, axes)) <= 1):
+            inputs = [self.gather(sel, i) if i.shape == x.shape else self.mapped(i) for i in x.inputs]
+            return _new(x.op, inputs, x.tag, x.attrs)
+        if axes is None and self.sole(x) and (prod := _product(x, self.vector)) is not None:
+            a, c = prod
+            return _new(mul, (self.gather(sel, a), _batch_node(sel.op.select(sel, self.mapped(c)))), x.tag)
+        return _new(sel.op, (self.mapped(x),) + sel.inputs[1:], sel.tag if self.per_call(x) else "forward",
+                    sel.attrs)
+
+    def per_call(self, v):
+        """Whether v (a node of the entry or one made here) is computed per call."""
+        if v not in self.stage_of:
+            self.stage_of[v] = v in self.vector if v in self.known else any(self.per_call(i) for i in v.inputs)
+        return self.stage_of[v]
+
+    def read_through(self, x, axes):
+        """The values a gather pushed all the way through x's elementwise nodes would gather."""
+        if x not in self.sources:
+            full = [i for i in x.inputs if i.shape == x.shape] if _elementwise_over(x, axes) else None
+            self.sources[x] = {x} if full is None else set().union(*(self.read_through(i, axes) for i in full))
+        return self.sources[x]
 
     def factor_node(self, factors, env, tag):
         """The product of ``factors`` (expressions over ``env``) as a node; a bare variable is its input."""
@@ -216,8 +245,8 @@ class _EntryRewriter:
                     r = self.factor_node(part, env, tag)
                     if r.shape != scattered.shape:
                         return None
-                    g = scattered.op.select(scattered, r)
-                    term = _new(mul, (term, g if part is per_call else _batch_node(g)), node.tag)
+                    g = self.gather(scattered.op.select(scattered, r), r)
+                    term = _new(mul, (term, g), node.tag)
             pooled.append(term)
         total = functools.reduce(lambda a, b: _new(add, (a, b), node.tag), pooled)
         return _new(scattered.op, (total,) + scattered.inputs[1:], node.tag, scattered.attrs)
