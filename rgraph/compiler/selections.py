@@ -166,7 +166,7 @@ class _EntryRewriter:
         self.readers.update(module.outputs([name]))
         self.shared = shared
         self.known = set(self.nodes)
-        self.mapping, self.made, self.sources, self.stage_of = {}, _ExprNodes(), {}, {}
+        self.mapping, self.made, self.sources, self.stage_of, self.gathered = {}, _ExprNodes(), {}, {}, {}
 
     def sole(self, v):
         return (self.readers if v in self.vector else self.shared)[v] == 1
@@ -194,7 +194,14 @@ class _EntryRewriter:
         reads no more at full resolution than gathering x would: through any elementwise x for a total
         selection, when nothing else reads x or x reads one full-resolution value (gather(f'(s)) =
         f'(gather(s)), gather(s + b) = gather(s) + b); else through a product of x's with a
-        v-independent factor nothing else reads."""
+        v-independent factor nothing else reads. Each value is gathered once per selection (a value
+        several nodes of the expression read is reached along each path)."""
+        key = (id(sel.op), tuple(map(id, sel.inputs[1:])), sel.op.attrs_key(sel.attrs), x)
+        if key not in self.gathered:
+            self.gathered[key] = self._gathered(sel, x)
+        return self.gathered[key]
+
+    def _gathered(self, sel, x):
         from ..ops import mul
         axes = sel.op.selection_axes(sel)
         if axes is not None and _elementwise_over(x, axes) and (self.sole(x) or len(self.read_through(x, axes)) <= 1):
