@@ -114,6 +114,11 @@ def _scatter_factor(term, env, sole, vector):
     return None
 
 
+def _selection_key(node):
+    """Equal for selection nodes that select the same entries (same op, indices and attributes)."""
+    return id(node.op), tuple(map(id, node.inputs[1:])), node.op.attrs_key(node.attrs)
+
+
 def _scattered_terms(node, sole, vector):
     """For an elementwise node sum_k scatter(a_k) * r_k, all through one selection that shrinks: the
     terms as (scatter node, factor groups); else None."""
@@ -124,7 +129,7 @@ def _scattered_terms(node, sole, vector):
         if found is None:
             return None
         scattered = found[0]
-        k = (id(scattered.op), tuple(map(id, scattered.inputs[1:])), scattered.op.attrs_key(scattered.attrs))
+        k = _selection_key(scattered)
         if key not in (None, k) or scattered.shape != node.shape or \
                 _size(scattered.inputs[0].shape) >= _size(scattered.shape):
             return None
@@ -196,7 +201,7 @@ class _EntryRewriter:
         f'(gather(s)), gather(s + b) = gather(s) + b); else through a product of x's with a
         v-independent factor nothing else reads. Each value is gathered once per selection (a value
         several nodes of the expression read is reached along each path)."""
-        key = (id(sel.op), tuple(map(id, sel.inputs[1:])), sel.op.attrs_key(sel.attrs), x)
+        key = (_selection_key(sel), x)
         if key not in self.gathered:
             self.gathered[key] = self._gathered(sel, x)
         return self.gathered[key]
