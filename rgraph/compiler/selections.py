@@ -79,14 +79,15 @@ def _constant_along(v, shape, axes):
     return broadcasts_to(v.shape, shape) and all(a < lead or v.shape[a - lead] == 1 for a in axes)
 
 
-def _elementwise_over(node, axes):
-    """Whether a gather moving entries along ``axes`` may move through ``node``: a float elementwise
-    node whose inputs are floats of its shape (one at least) or constant along the axes."""
+def _full_inputs(node, axes):
+    """The inputs of its shape (one at least) of a float elementwise node whose other inputs are
+    constant along ``axes``, which a gather moving entries along them may move through; else None."""
     if node.is_leaf or node.op.kind != "elementwise" or node.dtype != FLOAT:
-        return False
+        return None
     full = [i for i in node.inputs if i.shape == node.shape]
-    return bool(full) and all(i.dtype == FLOAT for i in full) and \
+    ok = full and all(i.dtype == FLOAT for i in full) and \
         all(i.shape == node.shape or _constant_along(i, node.shape, axes) for i in node.inputs)
+    return full if ok else None
 
 
 def _split(e, op):
@@ -209,7 +210,7 @@ class _EntryRewriter:
     def _gathered(self, sel, x):
         from ..ops import mul
         axes = sel.op.selection_axes(sel)
-        if axes is not None and _elementwise_over(x, axes) and (self.sole(x) or len(self.read_through(x, axes)) <= 1):
+        if axes is not None and _full_inputs(x, axes) and (self.sole(x) or len(self.read_through(x, axes)) <= 1):
             inputs = [self.gather(sel, i) if i.shape == x.shape else self.mapped(i) for i in x.inputs]
             return _new(x.op, inputs, x.tag, x.attrs)
         if axes is None and self.sole(x) and (prod := _product(x, self.vector)) is not None:
@@ -227,7 +228,7 @@ class _EntryRewriter:
     def read_through(self, x, axes):
         """The values a gather pushed all the way through x's elementwise nodes would gather."""
         if x not in self.sources:
-            full = [i for i in x.inputs if i.shape == x.shape] if _elementwise_over(x, axes) else None
+            full = _full_inputs(x, axes)
             self.sources[x] = {x} if full is None else set().union(*(self.read_through(i, axes) for i in full))
         return self.sources[x]
 
