@@ -376,7 +376,8 @@ class State:
             self._spare = {}
 
     def __del__(self):
-        self.release()
+        if not sys.is_finalizing():  # at exit the program's modules may be torn down: nothing to hand back to
+            self.release()
 
     def _live(self):
         if not self._vals:

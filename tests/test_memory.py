@@ -1,4 +1,6 @@
 """Memory: steady-state products allocate nothing as large as an activation; buffers are reused."""
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -158,3 +160,23 @@ def test_a_steady_state_bind_allocates_no_activation():
     tracemalloc.stop()
     assert loss == first
     assert peak < N * width * 8 // 2, peak
+
+
+def test_a_state_alive_at_interpreter_exit_exits_quietly():
+    """A State still referenced when Python shuts down may be collected after its modules' globals
+    are gone (a jitted function in the script was enough to order the teardown so): releasing it then,
+    handing arrays back to a program being torn down, must not print an 'Exception ignored in
+    __del__' traceback at the end of a user's script."""
+    script = ("import numpy as np, numba, rgraph as rg\n"
+              "g = rg.nn.mlp([4, 8, 3], activation='swish')\n"
+              "prog = rg.compile(g)\n"
+              "st = prog.bind(prog.init_params(), {'x': np.ones((5, 4)), 'y': np.zeros(5, dtype=np.int64)})\n"
+              "st.grad\n"
+              "@numba.njit\n"
+              "def identity(x):\n"
+              "    return x\n"
+              "identity(1)\n"
+              "print('done')\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "done", run.stderr
+    assert run.stderr == ""
