@@ -60,7 +60,7 @@ def test_auto_backend_is_numpy_without_a_gpu():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_generated_cuda_compiles_to_ptx(tmp_path, dtype):
     """Every fused kernel of MLPs, a small 4-D (NCHW, broadcast bias) program and VGG-mini compiles with nvcc.
-    RGRAPH_REQUIRE_NVCC=1 (set by .ci/run where nvcc exists) turns a missing nvcc into a failure."""
+    RGRAPH_REQUIRE_NVCC=1 (.ci/run sets it: CI machines have nvcc) turns a missing nvcc into a failure."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         if os.environ.get("RGRAPH_REQUIRE_NVCC") == "1":
