@@ -375,8 +375,10 @@ class State:
             self.prog._recycle(self.batch_size, self._vals, self._spare)
             self._spare = {}
 
-    def __del__(self):
-        if not sys.is_finalizing():  # at exit the program's modules may be torn down: nothing to hand back to
+    def __del__(self, _finalizing=sys.is_finalizing):
+        # At exit the modules may be torn down (this one's globals, sys included, set to None): there is
+        # no program left to hand the arrays back to. The default argument keeps the check reachable.
+        if not _finalizing():
             self.release()
 
     def _live(self):

@@ -162,21 +162,39 @@ def test_a_steady_state_bind_allocates_no_activation():
     assert peak < N * width * 8 // 2, peak
 
 
-def test_a_state_alive_at_interpreter_exit_exits_quietly():
+BOUND_STATE = """
+import numpy as np, rgraph as rg
+import rgraph.program as program
+from numba import njit
+@njit
+def twice(x):
+    return 2 * x
+g = rg.nn.mlp([4, 8, 3], activation='swish')
+prog = rg.compile(g)
+st = prog.bind(prog.init_params(), {'x': np.ones((5, 4)), 'y': np.zeros(5, dtype=np.int64)})
+"""
+# Two scripts whose teardown collected the state after rgraph.program's globals (ENTRIES, sys) were set
+# to None; a check of sys.is_finalizing() looked up at exit failed in both.
+EXIT_SCRIPTS = {
+    "jitted function": BOUND_STATE + "st.grad\ntwice(1)\n",
+    "wrapped method": BOUND_STATE + """
+flat = program.State._flat
+def wrapped(self, *args, **kwargs):
+    return flat(self, *args, **kwargs)
+program.State._flat = wrapped
+st.gv(np.ones(prog.size))
+twice(1)
+""",
+}
+
+
+@pytest.mark.parametrize("script", EXIT_SCRIPTS.values(), ids=EXIT_SCRIPTS.keys())
+def test_a_state_alive_at_interpreter_exit_exits_quietly(script):
     """A State still referenced when Python shuts down may be collected after its modules' globals
-    are gone (a jitted function in the script was enough to order the teardown so): releasing it then,
-    handing arrays back to a program being torn down, must not print an 'Exception ignored in
-    __del__' traceback at the end of a user's script."""
-    script = ("import numpy as np, numba, rgraph as rg\n"
-              "g = rg.nn.mlp([4, 8, 3], activation='swish')\n"
-              "prog = rg.compile(g)\n"
-              "st = prog.bind(prog.init_params(), {'x': np.ones((5, 4)), 'y': np.zeros(5, dtype=np.int64)})\n"
-              "st.grad\n"
-              "@numba.njit\n"
-              "def identity(x):\n"
-              "    return x\n"
-              "identity(1)\n"
-              "print('done')\n")
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    are gone (each script here ordered the teardown so): releasing it then, handing arrays back to a
+    program being torn down, must not print an 'Exception ignored in __del__' traceback at the end of
+    a user's script."""
+    run = subprocess.run([sys.executable, "-c", script + "print('done')\n"], capture_output=True, text=True,
+                         timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "done", run.stderr
     assert run.stderr == ""
