@@ -5,8 +5,8 @@
 For each workload (a table below; the CNN rows appear once ``rgraph.nn.vgg``/``ops.conv2d`` exist):
 forward+loss, gradient, jv, jtu, gv (its one-off batch stage and its per-call vector stage), hv, each the
 median of ``repeats`` runs after warm-up, with every library on all cores. Each product runs beside its
-GEMM floor (one call of each per round), each library in its own block, and the blocks alternate twice,
-so a drift in the load of a shared machine moves every column of a table alike. rgraph's GFLOP/s (FLOPs from
+GEMM floor (one call of each per round), each library in its own block, and the blocks alternate four
+times, so a drift in the load of a shared machine moves every column of a table alike. rgraph's GFLOP/s (FLOPs from
 ``prog.cost``) is compared with the machine's NumPy GEMM peak (float32 2048^3) and with its own GEMM
 floor: the time of just that product's matrix products, one NumPy GEMM each (the program compiled with
 ``merge=False, tile=False``), run alone on the same operands. rgraph's merged GEMMs may take less than it. Peers are optional:
@@ -92,14 +92,17 @@ def _samples(cases, repeats, warmup):
     return times
 
 
-def in_blocks(blocks, repeats, rounds=2):
+def in_blocks(blocks, repeats, rounds=4):
     """Median ms per case of several libraries. Each library's cases run as one block, round-robin
     inside it (a library's thread pools stay warm, as in a CG loop of its own); the blocks alternate
-    for ``rounds`` rounds, so a drift in the load of a shared machine reaches every library."""
+    for ``rounds`` rounds, so a drift in the load of a shared machine reaches every library alike (it
+    drifts by tens of percent over minutes: the same MLP gv floor read 118 ms in one run, 91 in the
+    next). A block warms up with two calls of each case in the first round (JAX compiles then) and one
+    in each later round (its thread pools wake)."""
     samples = {}
-    for _ in range(rounds):
+    for r in range(rounds):
         for cases in blocks:
-            for key, ts in _samples(cases, max(1, repeats // rounds), warmup=2).items():
+            for key, ts in _samples(cases, max(1, repeats // rounds), warmup=2 if r == 0 else 1).items():
                 samples.setdefault(key, []).extend(ts)
     return {key: 1e3 * statistics.median(ts) for key, ts in samples.items()}
 
@@ -368,7 +371,7 @@ def gpu_name():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=8, help="timed calls per case (half in each round)")
+    ap.add_argument("--repeats", type=int, default=8, help="timed calls per case (a quarter in each round)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
     ap.add_argument("--backend", default="numpy", choices=["numpy", "cupy"],
