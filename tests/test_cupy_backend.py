@@ -12,12 +12,15 @@ import rgraph as rg
 from rgraph import ops
 from rgraph.backends.cuda_kernels import KERNELS, WindowKernels, cuda_window_source
 from rgraph.backends.cupy import make_backend
+from rgraph.compiler.fuse import cuda_name, cuda_source
 from rgraph.op import empty
 from rgraph.ops.conv import pair, padding_pairs
 
 import fake_cupy
 from helpers_compiler import ENTRIES, batch_for, products, rel, small_cnn
 from test_cnn import POOL_CASES
+
+NHWC = (0, 2, 3, 1)
 
 
 def programs():
@@ -70,19 +73,21 @@ def test_generated_cuda_compiles_to_ptx(tmp_path, dtype):
     for name, prog in programs().items():
         kernels = all_kernels(prog)
         assert kernels
+        # the kernels over 4-D values also as the CuPy backend launches them on NHWC activations
+        variants = [(op, None) for op in kernels] + [(op, NHWC) for op in kernels if len(op.out_shape) == 4]
         path = tmp_path / f"{name}.cu"
         # one translation unit per program: each kernel carries the same typedef (legal C++); the
         # window ops' kernels (im2col, col2im, pooling) with them
-        path.write_text("\n".join([op.source("cuda", dtype) for op in kernels] +
+        path.write_text("\n".join([cuda_source(op, dtype, order) for op, order in variants] +
                                   [cuda_window_source(name, dtype) for name in KERNELS]))
         result = subprocess.run([nvcc, "--ptx", "-arch=sm_80", str(path), "-o", str(tmp_path / f"{name}.ptx")],
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-3000:]
         ptx = (tmp_path / f"{name}.ptx").read_text()
-        for name in [op.name for op in kernels] + [f"rg_{name}" for name in KERNELS]:
+        for name in [cuda_name(op, order) for op, order in variants] + [f"rg_{name}" for name in KERNELS]:
             assert f".entry {name}(" in ptx
             count += 1
-    assert count >= 10 + 4 * len(KERNELS)
+    assert count >= 10 + 4 * len(KERNELS) + 4   # vgg-mini's NHWC variants among them
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -144,6 +149,38 @@ def test_cupy_lowering_on_a_numpy_stand_in(name, dtype, tol):
     for entry in ENTRIES:
         assert rel(first[entry], cpu[entry]) <= tol, entry
         assert rel(gpu[entry], cpu[entry]) <= tol, entry
+
+
+def test_fused_kernels_read_nhwc_activations_where_they_lie():
+    """On the CuPy backend a fused kernel walks its output in the memory order of its buffer, so the
+    NHWC activations around convolutions reach it without a copy: in a steady-state Gv call of a
+    two-layer CNN (on the stand-in) the R-forward kernels of both layers and the first layer's backward
+    kernel run their NHWC variants, and the one input copied is the dense layer's cotangent, reshaped to
+    NCHW, meeting pooled NHWC values (the C-order kernels copied three NHWC inputs here)."""
+    require_host_compiler()
+    cp = fake_cupy.module()
+    copies = []
+
+    def ascontiguousarray(a):
+        c = np.ascontiguousarray(a)
+        if not np.shares_memory(c, a):
+            copies.append(a.shape)
+        return c
+    cp.ascontiguousarray = ascontiguousarray
+    g = rg.nn.small_cnn(input_shape=(3, 16, 16), channels=(8, 16), l2=1e-3)
+    prog = rg.compile(g, backend=make_backend(cp), dtype="float32")
+    st = prog.bind(prog.init_params(), batch_for(g, 4, dtype="float32"))
+    v = np.random.default_rng(0).standard_normal(prog.size).astype(np.float32)
+    st.gv(v), st.gv(v)
+    copies.clear()
+    fake_cupy.launches.clear()
+    got = st.gv(v)
+    nhwc = [name for name in fake_cupy.launches if name.endswith("_o0231")]
+    assert len(nhwc) == 3, fake_cupy.launches
+    assert len(copies) <= 1, copies   # the mixed-order kernel (it may walk either order)
+    cpu = rg.compile(g, dtype="float32")
+    want = cpu.bind(cpu.init_params(), batch_for(g, 4, dtype="float32")).gv(v)
+    assert rel(got, want) <= 1e-5
 
 
 GPU_GRAPHS = {"mlp": lambda: rg.nn.mlp([20, 32, 16, 4], activation="swish", l2=1e-3),

@@ -195,17 +195,27 @@ CALLS = ("exp", "log", "log1p", "tanh", "sqrt")  # transcendental calls
 C_TYPES = {"float32": "float", "float64": "double", "bool": "bool"}
 
 
-def cuda_source(op, dtype="float32") -> str:
+def cuda_source(op, dtype="float32", order=None) -> str:
     """A raw ``extern "C"`` CUDA kernel (no CuPy headers): one thread per output element, broadcasting
-    inputs by index arithmetic on the static shapes (only axis 0, the batch, is left to ``n``)."""
-    out_shape = op.out_shape
-    nd = len(out_shape)
+    inputs by index arithmetic on the static shapes (only axis 0, the batch, is left to ``n``).
+
+    With ``order`` (a permutation of the axes keeping the batch first, e.g. NHWC's (0, 2, 3, 1)) the
+    threads walk the output in that memory order: every array is passed as its view with the axes so
+    permuted, which is C-contiguous for an array laid out in that order, so activations stored NHWC are
+    read and written where they lie (named ``{op.name}_o{order}``, so both variants can share a module)."""
+    nd = len(op.out_shape)
+    axes = tuple(range(nd)) if order is None else tuple(order)
+    out_shape = tuple(op.out_shape[a] for a in axes)
     inner = [int(np.prod([d for d in out_shape[a + 1:]], dtype=np.int64)) for a in range(nd)]
     args, loads = [], []
     for p, t in zip(op.params, op.in_types, strict=True):
         ctype = "bool" if t.dtype == "bool" else "T"
         args.append(f"const {ctype}* __restrict__ {p}_")
-        shape = (1,) * (nd - len(t.shape)) + tuple(t.shape)
+        full = (1,) * (nd - len(t.shape)) + tuple(t.shape)
+        shape = tuple(full[a] for a in axes)
+        if shape == out_shape:   # read where the thread writes: no index arithmetic (64-bit divisions)
+            loads.append(f"    const {ctype} {p} = {p}_[i];")
+            continue
         terms, stride = [], 1
         for a in reversed(range(nd)):
             if shape[a] != 1 and out_shape[a] != 1:
@@ -217,7 +227,7 @@ def cuda_source(op, dtype="float32") -> str:
     outs = [f"T* __restrict__ out{k}_" for k in range(len(op.exprs))]
     body = statements(op.exprs, "cuda", temps="shared")
     lines = [f"typedef {C_TYPES[str(np.dtype(dtype))]} T;",
-             f'extern "C" __global__ void {op.name}({", ".join(args + outs + ["const long long n"])})',
+             f'extern "C" __global__ void {cuda_name(op, order)}({", ".join(args + outs + ["const long long n"])})',
              "{",
              "    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
              "    if (i >= n) return;",
@@ -228,6 +238,11 @@ def cuda_source(op, dtype="float32") -> str:
             lines.append(f"    {name}_[i] = {name};")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def cuda_name(op, order=None) -> str:
+    """The kernel's function name in cuda_source for memory ``order`` (None: C order)."""
+    return op.name if order is None else f"{op.name}_o{''.join(map(str, order))}"
 
 
 class Pick(Op):
