@@ -331,3 +331,27 @@ def test_a_gather_moves_through_a_shared_expression_once_per_value(monkeypatch):
     plain = products(rg.compile(g, fuse=False), batch)
     for entry in ENTRIES:
         assert rel(fused[entry], plain[entry]) <= 1e-12, entry
+
+
+def test_a_ufunc_kernel_uses_its_output_as_scratch_unless_it_aliases_an_input():
+    """a + c b runs as multiply(b, c, out); add(out, a, out): the full-size intermediate lives in the
+    output buffer, not in a scratch array between the passes; where the output is an input's buffer
+    (an in-place kernel) the intermediate goes to scratch, or it would overwrite a before a is read."""
+    from rgraph.backends.ufunc_kernel import UfuncKernel, _pool
+    from rgraph.graph import Type
+    flat = Type((None,), "float")
+    op = Fused("plus_scaled", [ex.add(ex.var("in0"), ex.mul(ex.const(0.5), ex.var("in1")))], ("in0", "in1"),
+               (None,), (flat, flat), ())
+    kernel = UfuncKernel(op, "float64")
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(997), rng.standard_normal(997)
+    want = a + 0.5 * b
+    scratch = ((997,), np.dtype("float64").str, None)
+    _pool().free.pop(scratch, None)
+    out = np.empty(997)
+    assert kernel(np, a, b, shape=(997,), out=(out,)) is out
+    np.testing.assert_array_equal(out, want)
+    assert not _pool().free.get(scratch)                 # no scratch array was taken
+    kernel(np, a, b, shape=(997,), out=(a,))            # in place over a
+    np.testing.assert_array_equal(a, want)
+    assert _pool().free.get(scratch)                     # ... through a scratch array

@@ -61,6 +61,10 @@ class UfuncKernel:
         pool = _pool()
         env = dict(zip(self.op.params, arrays, strict=True))
         value, held = {}, []
+        # one output written over no input: its buffer holds the first full-size intermediate, as
+        # multiply(b, c, out); add(out, a, out) computes a + c b (no scratch array between the passes)
+        spare = [out[0]] if out is not None and len(out) == 1 and \
+            not any(isinstance(a, np.ndarray) and np.may_share_memory(a, out[0]) for a in arrays) else []
 
         def leaf(n):
             return env[n.value] if n.op == "var" else self.dtype.type(n.value)
@@ -68,7 +72,7 @@ class UfuncKernel:
             with np.errstate(all="ignore"):  # IEEE results (exp(-a) = inf is sigmoid's limit), as numexpr and CUDA
                 for step, dying in zip(self.steps, self.dies):
                     args = [value[a] if a in value else leaf(a) for a in step.args]
-                    target = self._target(step, args, shape, order, out, pool, held)
+                    target = self._target(step, args, shape, order, out, pool, held, spare)
                     self._apply(step, args, target)
                     value[step] = target
                     for a in dying:
@@ -81,13 +85,15 @@ class UfuncKernel:
             held.clear()
         return results[0] if len(results) == 1 else tuple(results)
 
-    def _target(self, step, args, shape, order, out, pool, held):
+    def _target(self, step, args, shape, order, out, pool, held, spare):
         node_shape = np.broadcast_shapes(*(np.shape(a) for a in args))
         dtype = bool if step.op in ex.COMPARISONS else self.dtype
         order = order if node_shape == shape else None
         k = self.outputs.get(step)
         if k is not None and node_shape == shape:
             return empty(np, shape, dtype, order) if out is None else out[k]
+        if k is None and spare and node_shape == shape and dtype == self.dtype:
+            return spare.pop()
         buf = pool.take(node_shape, dtype, order)
         if k is not None:
             held.append(buf)  # an output over broadcast inputs only: broadcast into place at the end
