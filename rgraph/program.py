@@ -144,6 +144,18 @@ class Program:
     def _concrete_dtype(self, dtype):
         return self.dtype if dtype == FLOAT else np.dtype(dtype)
 
+    @functools.cached_property
+    def _plus_l2(self):
+        """The backend's fused kernel for ``value + l2 base`` over one flat parameter (a kernel of this
+        program's l2, compiled like the passes' own)."""
+        from . import expr as ex
+        from .compiler.fuse import Fused
+        from .graph import Type
+        flat = Type((None,), FLOAT)
+        op = Fused("plus_l2", [ex.add(ex.var("in0"), ex.mul(ex.const(self.l2), ex.var("in1")))], ("in0", "in1"),
+                   (None,), (flat, flat), ())
+        return self.backend.kernel(op, self.dtype)
+
     # --- recycling a released state's memory ------------------------------------------------------
 
     SPARE_SETS = 3  # a step's state, its curvature subsample's and a trial point's
@@ -414,7 +426,7 @@ class State:
         """Gradient of the objective, flat: sum of cotangents + l2 theta (a copy the caller owns)."""
         if "grad" not in self._cache:
             self._batch("grad")
-            self._cache["grad"] = self._flat("grad", self.prog.l2, self.theta)
+            self._cache["grad"] = self._flat("grad", self.theta)
         return self._cache["grad"].copy()
 
     def jv(self, v, out=None):
@@ -433,17 +445,17 @@ class State:
     def jtu(self, u, out=None):
         """J^T u for a cotangent u shaped like z (no 1/N, no l2); flat, into ``out`` if given."""
         self._call("jtu", u)
-        return self._flat("jtu", 0.0, None, out)
+        return self._flat("jtu", out=out)
 
     def gv(self, v, out=None):
         """Gauss-Newton product: G v = l2 v + (1/N) sum_i J_i^T B_i J_i v (into ``out`` if given)."""
         self._call("gv", v)
-        return self._flat("gv", self.prog.l2, v, out)
+        return self._flat("gv", v, out)
 
     def hv(self, v, out=None):
         """Exact Hessian of the objective times v (forward over reverse; into ``out`` if given)."""
         self._call("hv", v)
-        return self._flat("hv", self.prog.l2, v, out)
+        return self._flat("hv", v, out)
 
     def taps(self, u) -> dict:
         """Layer inputs and pre-activation cotangents for an output cotangent u (per sample: no 1/N).
@@ -484,24 +496,28 @@ class State:
         _run(vector, self._vals, self.batch_size)
         prog._learn_orders(entry, self.batch_size, self._vals)
 
-    def _flat(self, entry, l2, base, out=None):
-        """The entry's parameter-shaped outputs as one flat vector, plus ``l2 * base`` when both are given
-        (one parameter at a time, so the two passes over each part run in cache)."""
+    def _flat(self, entry, base=None, out=None):
+        """The entry's parameter-shaped outputs as one flat vector, plus ``l2 * base`` when base is given:
+        one kernel a parameter (Program._plus_l2: on a GPU one launch, where a multiply and an add were two)."""
         prog = self.prog
         if out is None:
             out = prog.xp.empty(prog.size, dtype=prog.dtype)
         else:
             prog._check_flat(out, "out")
+        l2 = prog.l2 if base is not None else 0.0
         for p, node in zip(prog.params, prog.module.entries[entry], strict=True):
             off, shape = prog.layout[p.name]
             size = int(np.prod(shape, dtype=np.int64))
-            part, value = out[off:off + size].reshape(shape), self._value(node)
-            if l2 and base is not None:
-                prog.xp.multiply(base[off:off + size].reshape(shape), l2, out=part)
+            part, value = out[off:off + size], self._value(node)
+            if l2 and value is not None and value.flags.c_contiguous:
+                prog._plus_l2(prog.xp, value.reshape(size), base[off:off + size], shape=(size,), out=(part,))
+            elif l2:   # no parameter result, or one read in another order (a transposed view): two passes
+                prog.xp.multiply(base[off:off + size], l2, out=part)
                 if value is not None:
-                    part += value
+                    shaped = part.reshape(shape)
+                    shaped += value
             elif value is None:
                 part[...] = 0
             else:
-                part[...] = value
+                part.reshape(shape)[...] = value
         return out

@@ -183,6 +183,27 @@ def test_fused_kernels_read_nhwc_activations_where_they_lie():
     assert rel(got, want) <= 1e-5
 
 
+def test_the_flat_output_is_one_kernel_a_parameter():
+    """Gv's flat result, each parameter's part plus l2 v, is one fused kernel launch a parameter on the
+    CuPy backend (a multiply and an add were two): an MLP's gv call on the stand-in launches plus_l2 once
+    for each of its six parameters and calls no separate multiply."""
+    cp = fake_cupy.module()
+    multiplies = []
+    multiply = cp.multiply
+    cp.multiply = lambda *args, **kwargs: (multiplies.append(1), multiply(*args, **kwargs))[1]
+    g = rg.nn.mlp([7, 9, 6, 3], activation="swish", l2=1e-3)
+    prog = rg.compile(g, backend=make_backend(cp), dtype="float64")
+    st = prog.bind(prog.init_params(), batch_for(g, 5))
+    v = np.random.default_rng(0).standard_normal(prog.size)
+    st.gv(v)
+    multiplies.clear()
+    fake_cupy.launches.clear()
+    got = st.gv(v)
+    assert fake_cupy.launches.count("plus_l2") == len(prog.params) == 6 and not multiplies
+    cpu = rg.compile(g)
+    assert rel(got, cpu.bind(cpu.init_params(), batch_for(g, 5)).gv(v)) <= 1e-12
+
+
 GPU_GRAPHS = {"mlp": lambda: rg.nn.mlp([20, 32, 16, 4], activation="swish", l2=1e-3),
               "convnet": lambda: rg.nn.small_cnn(input_shape=(3, 16, 16), channels=(8, 16), l2=1e-3),
               "vgg-mini": lambda: rg.nn.small_cnn(input_shape=(3, 32, 32), channels=(32, 64, 128), l2=1e-3)}
