@@ -146,15 +146,8 @@ class Program:
 
     @functools.cached_property
     def _plus_l2(self):
-        """The backend's fused kernel for ``value + l2 base`` over one flat parameter (a kernel of this
-        program's l2, compiled like the passes' own)."""
-        from . import expr as ex
-        from .compiler.fuse import Fused
-        from .graph import Type
-        flat = Type((None,), FLOAT)
-        op = Fused("plus_l2", [ex.add(ex.var("in0"), ex.mul(ex.const(self.l2), ex.var("in1")))], ("in0", "in1"),
-                   (None,), (flat, flat), ())
-        return self.backend.kernel(op, self.dtype)
+        """The backend's kernel for ``value + l2 base`` over one flat parameter (plus_l2_op)."""
+        return self.backend.kernel(plus_l2_op(self.l2), self.dtype)
 
     # --- recycling a released state's memory ------------------------------------------------------
 
@@ -313,6 +306,17 @@ class Program:
 
     def __repr__(self):
         return f"<Program {self.graph.name}: {self.size} parameters, {self.dtype}, {self.backend.name}>"
+
+
+def plus_l2_op(l2):
+    """A fused op computing ``value + l2 base`` over flat vectors (in0: value, in1: base), compiled by a
+    backend like the passes' own kernels: the flat results of grad, gv and hv, one parameter at a time."""
+    from . import expr as ex
+    from .compiler.fuse import Fused
+    from .graph import Type
+    flat = Type((None,), FLOAT)
+    return Fused("plus_l2", [ex.add(ex.var("in0"), ex.mul(ex.const(l2), ex.var("in1")))], ("in0", "in1"),
+                 (None,), (flat, flat), ())
 
 
 def _run(instrs, vals, n, skip_done=False, spare=None):

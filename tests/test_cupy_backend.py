@@ -14,6 +14,7 @@ from rgraph.backends.cuda_kernels import KERNELS, WindowKernels, cuda_window_sou
 from rgraph.backends.cupy import make_backend
 from rgraph.compiler.fuse import cuda_name, cuda_source
 from rgraph.op import empty
+from rgraph.program import plus_l2_op
 from rgraph.ops.conv import pair, padding_pairs
 
 import fake_cupy
@@ -78,6 +79,8 @@ def test_generated_cuda_compiles_to_ptx(tmp_path, dtype):
         path = tmp_path / f"{name}.cu"
         # one translation unit per program: each kernel carries the same typedef (legal C++); the
         # window ops' kernels (im2col, col2im, pooling) with them
+        if name == "mlp":   # the flat results' kernel (value + l2 v), outside the programs' plans
+            variants.append((plus_l2_op(1e-3), None))
         path.write_text("\n".join([cuda_source(op, dtype, order) for op, order in variants] +
                                   [cuda_window_source(name, dtype) for name in KERNELS]))
         result = subprocess.run([nvcc, "--ptx", "-arch=sm_80", str(path), "-o", str(tmp_path / f"{name}.ptx")],
