@@ -223,6 +223,15 @@ def memory_order(a):
     return None if order == tuple(range(a.ndim)) else order
 
 
+def result_order(shape, arrays, out=None):
+    """The memory order a fused kernel's results take: ``out``'s first buffer's, else the one most
+    operands of the result's ``shape`` share (the first of those tied); None for C order."""
+    if out is not None:
+        return memory_order(out[0])
+    orders = [memory_order(a) for a in arrays if a.shape == tuple(shape)]
+    return max(orders, key=orders.count, default=None)
+
+
 def empty(xp, shape, dtype, order=None):
     """An uninitialised array of ``shape`` whose axes lie in memory in ``order`` (None: C order)."""
     if order is None:

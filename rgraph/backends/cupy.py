@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..op import empty, memory_order
+from ..op import empty, result_order
 from . import OUT_KERNELS, Backend
 from .cuda_kernels import WindowKernels
 
@@ -42,7 +42,7 @@ class CudaKernel:
         shape = tuple(shape)
         order = _walk_order(shape, arrays, out)
         axes = tuple(range(len(shape))) if order is None else order
-        ins = [cp.ascontiguousarray(_in_order(a, len(shape), axes)) for a in arrays]
+        ins = [cp.ascontiguousarray(_permuted(a, len(shape), axes)) for a in arrays]
         if out is None:
             out = tuple(empty(cp, shape, self.dtype, order) for _ in self.op.exprs)
         n = int(np.prod(shape, dtype=np.int64))
@@ -58,15 +58,11 @@ class CudaKernel:
 def _walk_order(shape, arrays, out):
     """The memory order (None: C order) the threads walk: ``out``'s, else the one most full-size inputs
     have; C order where that would move the batch axis from the front (its size is left to ``n``)."""
-    if out is not None:
-        order = memory_order(out[0])
-    else:
-        orders = [memory_order(a) for a in arrays if a.shape == shape]
-        order = max(orders, key=orders.count, default=None)
+    order = result_order(shape, arrays, out)
     return order if order is None or order[0] == 0 else None
 
 
-def _in_order(a, nd, axes):
+def _permuted(a, nd, axes):
     """Input ``a`` (broadcastable to nd axes) with its axes permuted to ``axes``."""
     a = a.reshape((1,) * (nd - a.ndim) + a.shape)
     return a.transpose(axes)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import expr as ex
-from ..op import empty, memory_order
+from ..op import empty, result_order
 from .ufunc_kernel import UfuncKernel
 
 MIN_ELEMENTS = 1 << 16    # smaller outputs run the ufunc kernel: no compile for small programs (tests)
@@ -84,16 +84,15 @@ class NumbaKernel:
         K), or None where the ufunc kernel runs."""
         if any(not isinstance(a, np.ndarray) or a.dtype != self.dtype for a in arrays):
             return None
-        result_order = memory_order(out[0]) if out is not None else _most_common(
-            [memory_order(a) for a in arrays if a.shape == shape])
-        order = result_order or tuple(range(len(shape)))
+        out_order = result_order(shape, arrays, out)
+        order = out_order or tuple(range(len(shape)))
         mem_shape = tuple(shape[a] for a in order)
         flat, kinds, first = [], [], None
         for j, a in enumerate(arrays):
             m = np.broadcast_to(a, shape).transpose(order)
             if a.shape == shape or a.size == 1:
                 if not m.flags.c_contiguous and a.size > 1:
-                    m = self._in_order(j, a, result_order).transpose(order)
+                    m = self._in_order(j, a, out_order).transpose(order)
                     if not m.flags.c_contiguous:
                         return None
                 flat.append(a.reshape(-1) if a.size == 1 else m.reshape(-1))
@@ -106,7 +105,7 @@ class NumbaKernel:
             first = j
             flat.append(row.reshape(-1))
             kinds.append("row")
-        results = list(out) if out is not None else [empty(np, shape, self.dtype, result_order)
+        results = list(out) if out is not None else [empty(np, shape, self.dtype, out_order)
                                                      for _ in self.op.exprs]
         outs = [r.transpose(order) for r in results]
         if any(r.dtype != self.dtype or not m.flags.c_contiguous for r, m in zip(results, outs)):
@@ -124,10 +123,6 @@ class NumbaKernel:
             first = len(mem_shape) - 1 - min(int(np.searchsorted(sizes, ROW)), len(sizes) - 1)
         return results, flat, tuple(kinds), int(np.prod(mem_shape[first:]))
 
-
-def _most_common(orders):
-    """The memory order most operands share (the first of those tied); None (C order) for none."""
-    return max(orders, key=orders.count, default=None)
 
 
 def _data(a):
