@@ -28,7 +28,8 @@ def programs():
     return {"mlp": rg.compile(rg.nn.mlp([784, 64, 32, 10], activation="swish")),
             "mlp-relu-mse": rg.compile(rg.nn.mlp([8, 9, 4], activation="relu", loss="mse")),
             "cnn": rg.compile(small_cnn()),
-            "vgg-mini": rg.compile(rg.nn.small_cnn(input_shape=(3, 32, 32), channels=(32, 64, 128), l2=1e-3))}
+            "vgg-mini": rg.compile(rg.nn.small_cnn(input_shape=(3, 32, 32), channels=(32, 64, 128), l2=1e-3)),
+            "zoo": rg.compile(zoo())}   # batch norm, residual, average pooling, softplus and tanh
 
 
 def all_kernels(prog):
@@ -63,7 +64,7 @@ def test_auto_backend_is_numpy_without_a_gpu():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_generated_cuda_compiles_to_ptx(tmp_path, dtype):
-    """Every fused kernel of MLPs, a small 4-D (NCHW, broadcast bias) program and VGG-mini compiles with nvcc.
+    """Every fused kernel of MLPs, a small 4-D (NCHW, broadcast bias) program, VGG-mini and the zoo compiles with nvcc.
     RGRAPH_REQUIRE_NVCC=1 (.ci/run sets it: CI machines have nvcc) turns a missing nvcc into a failure."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
@@ -132,14 +133,27 @@ def test_cuda_window_kernels_match_the_reference_kernels(kernel, stride, padding
         np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6, err_msg=op.name)
 
 
+def zoo():
+    nn = rg.nn
+    return nn.Sequential([nn.Conv2d(4, 3, padding=1), nn.BatchNorm2d(), nn.Activation("swish"),
+                          nn.Residual([nn.Conv2d(4, 3, padding=1), nn.Activation("tanh")]),
+                          nn.AvgPool2d(3, stride=2, padding=1),
+                          nn.Conv2d(3, (2, 3), stride=(1, 2), padding=((1, 0), (0, 2))),
+                          nn.MaxPool2d(2, stride=1, padding=1), nn.Activation("softplus"), nn.GlobalAvgPool(),
+                          nn.Dense(3)], input_shape=(2, 8, 8), l2=1e-3, name="zoo")
+
+
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
-@pytest.mark.parametrize("name", ["mlp", "cnn", "convnet"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "convnet", "zoo"])
 def test_cupy_lowering_on_a_numpy_stand_in(name, dtype, tol):
     """Every entry, computed twice (the first call allocates, the second writes into the planned
-    buffers), through conv2d's im2col/col2im and max pooling's primitives as CuPy code."""
+    buffers), through conv2d's im2col/col2im and max pooling's primitives as CuPy code; the zoo adds
+    batch norm, a residual block, average pooling (strided windows), padded and strided convolutions
+    with uneven kernels, overlapping max pooling and global average pooling."""
     g = {"mlp": lambda: rg.nn.mlp([7, 9, 6, 3], activation="swish", l2=1e-3), "cnn": small_cnn,
-         "convnet": lambda: rg.nn.small_cnn(input_shape=(2, 8, 8), channels=(3, 4), l2=1e-3)}[name]()
-    if name == "convnet":
+         "convnet": lambda: rg.nn.small_cnn(input_shape=(2, 8, 8), channels=(3, 4), l2=1e-3),
+         "zoo": zoo}[name]()
+    if name in ("convnet", "zoo"):
         require_host_compiler()
     batch = batch_for(g, 5, dtype=dtype)
     fake_cupy.launches.clear()
@@ -209,7 +223,8 @@ def test_the_flat_output_is_one_kernel_a_parameter():
 
 GPU_GRAPHS = {"mlp": lambda: rg.nn.mlp([20, 32, 16, 4], activation="swish", l2=1e-3),
               "convnet": lambda: rg.nn.small_cnn(input_shape=(3, 16, 16), channels=(8, 16), l2=1e-3),
-              "vgg-mini": lambda: rg.nn.small_cnn(input_shape=(3, 32, 32), channels=(32, 64, 128), l2=1e-3)}
+              "vgg-mini": lambda: rg.nn.small_cnn(input_shape=(3, 32, 32), channels=(32, 64, 128), l2=1e-3),
+              "zoo": zoo}
 
 
 def on_device(batch):
@@ -219,7 +234,8 @@ def on_device(batch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,dtype,tol", [("mlp", "float64", 1e-10), ("convnet", "float64", 1e-10),
-                                            ("vgg-mini", "float64", 1e-10), ("vgg-mini", "float32", 1e-4)])
+                                            ("zoo", "float64", 1e-10), ("vgg-mini", "float64", 1e-10),
+                                            ("vgg-mini", "float32", 1e-4)])
 def test_real_cupy_matches_numpy(name, dtype, tol):
     g = GPU_GRAPHS[name]()
     batch = batch_for(g, 16, dtype=dtype)
